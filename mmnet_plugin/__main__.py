@@ -1,0 +1,7 @@
+"""``python -m mmnet_plugin`` runs the ``mmnet`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""The ``mmnet`` command: ``mmnet train`` and ``mmnet evaluate`` (also ``python -m mmnet_plugin``).
+
+Examples::
+
+    mmnet train --dataset omniglot --data-root ../shared/datasets --ways 2-20 --shots 1-5 \\
+        --steps 2000 --checkpoint runs/mixed.pt
+    mmnet evaluate --dataset omniglot --checkpoint runs/mixed.pt --ways 20 --shots 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .arguments import add_common_arguments, positive_int, range_arg, resolve_device
+
+__all__ = ["main", "build_parser", "build_model"]
+
+MODEL_OPTIONS = ("dm", "dr", "memory_slots", "similarity_scale", "decision")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _scale(text: str) -> Any:
+    if text.strip().lower() == "learned":
+        return "learned"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'learned', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the similarity scale must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmnet`` argument parser."""
+    parser = _OneLineParser(prog="mmnet", description="Train and evaluate Memory Matching Networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    train = sub.add_parser("train", help="train MM-Net episodically")
+    add_common_arguments(train)
+    train.add_argument("--split", default="train", help="training split (default train; trainval for final runs)")
+    train.add_argument("--ways", type=range_arg, default=5, help="C or a range such as 2-20 (mixed strategy)")
+    train.add_argument("--shots", type=range_arg, default=1, help="k or a range such as 1-5 (mixed strategy)")
+    train.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps (default 1000)")
+    train.add_argument("--batch-episodes", type=positive_int, default=16, help="episodes per step (default 16)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--lr-halve-every", type=positive_int, default=20000, help="halve the lr every N steps")
+    train.add_argument("--val-every", type=int, default=0, help="validate every N steps on --val-split (0: never)")
+    train.add_argument("--val-split", default="val", help="validation split (default val)")
+    train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
+    train.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    train.add_argument("--log", default=None, help="JSON-lines training log")
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_arguments(train)
+
+    ev = sub.add_parser("evaluate", help="test a trained MM-Net on unseen classes")
+    add_common_arguments(ev)
+    ev.add_argument("--split", default="test", help="test split (default test)")
+    ev.add_argument("--ways", type=range_arg, default=5, help="C (default 5)")
+    ev.add_argument("--shots", type=range_arg, default=1, help="k (default 1)")
+    ev.add_argument("--episodes", type=positive_int, default=1000, help="test episodes (default 1000)")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint written by mmnet train")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--dm", type=positive_int, default=512, help="memory key size Dm (default 512)")
+    group.add_argument("--dr", type=positive_int, default=512, help="contextual learner hidden size Dr (default 512)")
+    group.add_argument("--memory-slots", type=positive_int, default=None,
+                       help="memory slots M (default: one per support item)")
+    group.add_argument("--similarity-scale", type=_scale, default=1.0,
+                       help="scale s of the dot-product similarities, or 'learned' (default 1)")
+    group.add_argument("--decision", choices=("nearest", "class_mass"), default="nearest",
+                       help="decision rule (default nearest, the paper's)")
+
+
+def build_model(model_config: Dict[str, Any], seed: int = 0) -> torch.nn.Module:
+    """Build an :class:`~mmnet_plugin.MMNet` with deterministic initial weights.
+
+    The global torch RNG is forked, so building a model does not disturb the caller's state.
+    """
+    from .models import MMNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MMNet(**model_config)
+
+
+def _image_shape(dataset: Any) -> Sequence[int]:
+    return tuple(dataset.load([0]).shape[1:])
+
+
+def _load(args: argparse.Namespace, split: str) -> Any:
+    from .data import load_dataset
+
+    return load_dataset(args.dataset, split=split, data_root=args.data_root)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .episodes import EpisodeSampler
+    from .evaluation import evaluate
+    from .training import TrainConfig, Trainer
+
+    device = resolve_device(args.device)
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint (the file to continue from)")
+    train_set = _load(args, args.split)
+    channels, size, _ = _image_shape(train_set)
+    model_config: Dict[str, Any] = {
+        "in_channels": int(channels),
+        "image_size": int(size),
+        "dm": args.dm,
+        "dr": args.dr,
+        "memory_slots": args.memory_slots,
+        "similarity_scale": args.similarity_scale,
+        "decision": args.decision,
+    }
+    sampler = EpisodeSampler(train_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
+    model = build_model(model_config, seed=args.seed)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_episodes=args.batch_episodes,
+        lr=args.lr,
+        lr_halve_every=args.lr_halve_every,
+        device=str(device),
+        bf16=args.bf16,
+        checkpoint=args.checkpoint,
+        val_every=max(0, args.val_every),
+        log_path=args.log,
+        progress=not args.no_progress,
+    )
+    extra = {"dataset": args.dataset, "split": args.split, "seed": args.seed}
+    trainer = Trainer(model, config, model_config=model_config, extra_state=extra)
+    validate = None
+    if args.val_every > 0:
+        val_set = _load(args, args.val_split)
+        w = args.ways if isinstance(args.ways, int) else args.ways[1]
+        k = args.shots if isinstance(args.shots, int) else args.shots[0]
+        w = min(w, len(set(val_set.targets.tolist())))
+
+        def validate(m: torch.nn.Module) -> float:
+            eps = EpisodeSampler(val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1,
+                                 episodes=args.val_episodes)
+            return evaluate(m, eps, device=device).accuracy
+
+    records = trainer.fit(sampler, validate=validate, resume=args.resume)
+    last = next((r for r in reversed(trainer.history) if "loss" in r), None)
+    tail = f", last loss {last['loss']:.4f}, train accuracy {100 * last['accuracy']:.1f}%" if last else ""
+    saved = f", checkpoint {args.checkpoint}" if args.checkpoint else ""
+    print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
+          f"training fingerprint {sampler.short_fingerprint}{saved}")
+    del records
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .episodes import EpisodeSampler
+    from .evaluation import evaluate
+    from .training import load_checkpoint
+
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint)
+    model_config = state.get("model_config") or {}
+    if not model_config:
+        raise ValueError(f"{args.checkpoint} holds no model configuration; it was not written by mmnet train")
+    model = build_model(model_config)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    test_set = _load(args, args.split)
+    sampler = EpisodeSampler(test_set, ways=args.ways, shots=args.shots, queries=args.queries,
+                             seed=args.seed, episodes=args.episodes)
+    result = evaluate(model, sampler, device=device, progress=not args.no_progress)
+    print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return str(v) if isinstance(v, int) else f"{v[0]}-{v[1]}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``mmnet`` command. Errors print one line and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data import DataNotFoundError
+    from .training import CheckpointError
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _evaluate(args)
+    except (ValueError, DataNotFoundError, CheckpointError, FloatingPointError) as exc:
+        print(f"mmnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmnet: interrupted; the last checkpoint is intact (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Accuracy over test episodes, with the 95% confidence interval of the field.
+
+The protocol (DESIGN.md): N-way K-shot test episodes of classes never seen in training,
+15 queries per class by default, mean accuracy over the episodes and the interval
+``1.96 * std / sqrt(episodes)`` (population std over the per-episode accuracies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, List, Optional, Union
+
+import numpy as np
+import torch
+
+from .episodes import Episode, fingerprint_episodes, _EMPTY_FINGERPRINT, _chain
+
+__all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
+
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def confidence_interval(accuracies: Iterable[float]) -> float:
+    """Half width of the 95% interval of the mean: ``1.96 * std / sqrt(n)``."""
+    acc = np.asarray(list(accuracies), dtype=np.float64)
+    if acc.size == 0:
+        raise ValueError("no accuracies to summarise: evaluate at least one episode")
+    return float(1.96 * acc.std() / math.sqrt(acc.size))
+
+
+@dataclass
+class EvaluationResult:
+    """What an evaluation measured.
+
+    Attributes:
+        accuracy: mean accuracy over episodes (fraction, 0..1).
+        ci95: half width of the 95% confidence interval (fraction).
+        episodes: number of test episodes n.
+        queries_per_class: query images per class (the smallest, if episodes differ).
+        fingerprint: chained hash of the episodes' class ids and image indices.
+        per_episode: accuracy of every episode, in order.
+        ms_per_episode: mean wall time of a test episode in milliseconds.
+    """
+
+    accuracy: float
+    ci95: float
+    episodes: int
+    queries_per_class: int
+    fingerprint: str
+    per_episode: List[float] = field(default_factory=list)
+    ms_per_episode: float = float("nan")
+
+    def summary(self) -> str:
+        """One line: accuracy +- interval, n, queries and fingerprint."""
+        return (
+            f"accuracy {100 * self.accuracy:.2f} +- {100 * self.ci95:.2f}% "
+            f"(95% CI, n={self.episodes} episodes, {self.queries_per_class} queries/class) "
+            f"fingerprint {self.fingerprint[:16]}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_predictor(model: Union[torch.nn.Module, Predictor]) -> Predictor:
+    predict = getattr(model, "predict", None)
+    if callable(predict):
+        return predict
+    if callable(model):
+        return lambda sx, sy, qx: model(sx, sy, qx).argmax(dim=-1)
+    raise ValueError("model must be callable as model(support_x, support_y, query_x) or have .predict")
+
+
+@torch.no_grad()
+def evaluate(
+    model: Union[torch.nn.Module, Predictor],
+    episodes: Iterable[Episode],
+    device: Union[str, torch.device, None] = None,
+    progress: bool = False,
+    desc: str = "test",
+) -> EvaluationResult:
+    """Accuracy of ``model`` over ``episodes``.
+
+    Args:
+        model: an :class:`~mmnet_plugin.MMNet` (or any module with ``predict``), or a
+            callable ``(support_x, support_y, query_x) -> scores [n_query, n_way]``.
+            A module is put in ``eval()`` mode for the evaluation and restored after.
+        episodes: test episodes with ``query_y`` set.
+        device: where to run (default: the module's device, else CPU).
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        An :class:`EvaluationResult`.
+
+    Raises:
+        ValueError: if there are no episodes or an episode has no query labels.
+    """
+    import time
+
+    predictor = _as_predictor(model)
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else "cpu"
+    device = torch.device(device or "cpu")
+    iterator = episodes
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(episodes, desc=desc, leave=False, total=_len_or_none(episodes))
+    accs: List[float] = []
+    queries = None
+    fp = _EMPTY_FINGERPRINT
+    elapsed = 0.0
+    try:
+        for ep in iterator:
+            if ep.query_y is None:
+                raise ValueError("cannot score an episode without query labels (query_y is None)")
+            fp = _chain(fp, ep.fingerprint_bytes())
+            q_per_class = int(torch.bincount(ep.query_y).min())
+            queries = q_per_class if queries is None else min(queries, q_per_class)
+            e = ep.to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            pred = predictor(e.support_x, e.support_y, e.query_x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed += time.perf_counter() - t0
+            accs.append(float((pred.view(-1) == e.query_y).float().mean()))
+    finally:
+        if was_training:
+            model.train()
+    if not accs:
+        raise ValueError("no test episodes were given")
+    acc = np.asarray(accs)
+    return EvaluationResult(
+        accuracy=float(acc.mean()),
+        ci95=confidence_interval(acc),
+        episodes=len(accs),
+        queries_per_class=int(queries),
+        fingerprint=fp,
+        per_episode=[float(a) for a in accs],
+        ms_per_episode=1000.0 * elapsed / len(accs),
+    )
+
+
+def _len_or_none(obj: object) -> Optional[int]:
+    try:
+        return len(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return None

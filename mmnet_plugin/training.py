@@ -1,0 +1,353 @@
+"""Episodic trainer: Adam with step decay, checkpoints that resume exactly, JSON-lines logs.
+
+The paper's schedule is the default (Adam, learning rate 1e-3 halved every 20,000
+iterations, 16 episodes a step on Omniglot). The trainer takes any iterable of
+:class:`~mmnet_plugin.episodes.Episode`; with an :class:`~mmnet_plugin.episodes.EpisodeSampler`
+(or any source with ``state_dict``/``load_state_dict``) its state goes into the checkpoint
+and a resumed run continues with exactly the episodes an uninterrupted run would have seen.
+Mixed C-way k-shot training is a property of the source: a sampler with ``ways=(2, 20),
+shots=(1, 5)`` gives every episode of a batch its own C and k.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import torch
+
+from .episodes import Episode
+
+__all__ = ["TrainConfig", "Trainer", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or from another configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        steps: optimisation steps in total (a resumed run continues up to this number).
+        batch_episodes: episodes per step (paper: 16 on Omniglot, 4 on miniImageNet).
+        lr: Adam learning rate.
+        lr_halve_every: halve the learning rate every this many steps.
+        weight_decay: Adam weight decay.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        bf16: bf16 autocast (CUDA only; ignored on the CPU).
+        checkpoint: file of the latest checkpoint (``None``: no checkpoints).
+        checkpoint_every: also write the checkpoint every this many steps (0: only at the end
+            and after validations).
+        val_every: validate every this many steps (0: never).
+        log_path: JSON-lines log, one record per ``log_every`` steps and per validation.
+        log_every: steps between log records.
+        progress: show a tqdm bar with loss and accuracy.
+        grad_clip: clip the gradient norm to this value (0: no clipping).
+    """
+
+    steps: int = 1000
+    batch_episodes: int = 16
+    lr: float = 1e-3
+    lr_halve_every: int = 20000
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    bf16: bool = False
+    checkpoint: Optional[str] = None
+    checkpoint_every: int = 0
+    val_every: int = 0
+    log_path: Optional[str] = None
+    log_every: int = 10
+    progress: bool = True
+    grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_episodes", "lr_halve_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("checkpoint_every", "val_every", "log_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be 0 or more; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be positive; got {self.lr}")
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
+    """Write ``state`` with ``torch.save`` atomically: a temp file in the same folder, then
+    a rename, so a crash never leaves a half-written checkpoint at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: if the file is missing, truncated or not a checkpoint; the message
+            names the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train first or check the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt and was not used ({type(exc).__name__}: {exc}); "
+            "delete it to start over, or point to another checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not an mmnet-plugin checkpoint (no 'model' entry)")
+    return state
+
+
+def _episode_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((scores.argmax(dim=-1) == labels).float().mean())
+
+
+class Trainer:
+    """Trains a model whose ``loss(episodes)`` returns a scalar on batches of episodes.
+
+    Args:
+        model: e.g. :class:`~mmnet_plugin.MMNet`; if it has ``loss_and_accuracy(episodes)``
+            the accuracy is logged without a second forward pass.
+        config: a :class:`TrainConfig`.
+        model_config: constructor arguments of the model, stored in the checkpoint so the
+            ``mmnet`` command can rebuild it.
+        extra_state: anything else (plain types) to store in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        model_config: Optional[Dict[str, Any]] = None,
+        extra_state: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.model_config = dict(model_config or {})
+        self.extra_state = dict(extra_state or {})
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_halve_every, gamma=0.5)
+        self.step = 0
+        self.best_val: Optional[float] = None
+        self.history: List[Dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, source: Any = None) -> Dict[str, Any]:
+        """Model, optimiser, scheduler, sampler state and configuration."""
+        state = {
+            "format": "mmnet-plugin/checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "best_val": self.best_val,
+            "train_config": asdict(self.config),
+            "model_config": self.model_config,
+            "extra": self.extra_state,
+        }
+        if source is not None and hasattr(source, "state_dict"):
+            state["sampler"] = source.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any], source: Any = None) -> None:
+        """Restore what :meth:`state_dict` saved (the sampler's too, when given).
+
+        Raises:
+            CheckpointError: if the model does not match the checkpoint's, or the
+                checkpoint holds sampler state the given source cannot take.
+        """
+        saved_cfg = state.get("model_config") or {}
+        if self.model_config and saved_cfg and saved_cfg != self.model_config:
+            raise CheckpointError(
+                f"the checkpoint's model configuration {saved_cfg} differs from this run's "
+                f"{self.model_config}; resume with the same model options"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this model: {exc}") from None
+        self.step = int(state.get("step", 0))
+        self.best_val = state.get("best_val")
+        if source is not None and "sampler" in state:
+            if not hasattr(source, "load_state_dict"):
+                raise CheckpointError(
+                    "the checkpoint holds sampler state but the episode source cannot restore it; "
+                    "resume with an EpisodeSampler so the run continues on the same episodes"
+                )
+            try:
+                source.load_state_dict(state["sampler"])
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from None
+
+    def save(self, path: PathLike, source: Any = None) -> None:
+        """Write a checkpoint atomically."""
+        save_checkpoint(self.state_dict(source), path)
+
+    def resume(self, path: PathLike, source: Any = None) -> bool:
+        """Continue from ``path`` if it exists. Returns whether a checkpoint was loaded.
+
+        Raises:
+            CheckpointError: if it exists but is truncated, corrupt or does not fit.
+        """
+        if not Path(path).exists():
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), source)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def _forward(self, batch: Sequence[Episode]) -> tuple:
+        model = self.model
+        autocast = self.config.bf16 and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            if hasattr(model, "loss_and_accuracy"):
+                loss, acc = model.loss_and_accuracy(batch)
+                acc = float(acc.float().mean()) if isinstance(acc, torch.Tensor) else float(acc)
+            else:
+                loss, acc = model.loss(batch), float("nan")
+        return loss, acc
+
+    def fit(
+        self,
+        source: Iterable[Episode],
+        validate: Optional[Callable[[torch.nn.Module], float]] = None,
+        resume: bool = False,
+    ) -> List[Dict[str, Any]]:
+        """Train until ``config.steps`` steps are done.
+
+        Args:
+            source: an iterable of episodes; ``batch_episodes`` are drawn per step. An
+                :class:`~mmnet_plugin.episodes.EpisodeSampler` makes checkpoints exact.
+            validate: ``model -> accuracy``, called every ``val_every`` steps; the best
+                model is kept at ``<checkpoint>.best.pt``.
+            resume: continue from ``config.checkpoint`` when that file exists.
+
+        Returns:
+            The log records of this call (also appended to ``config.log_path``).
+
+        Raises:
+            CheckpointError: if resuming from a bad checkpoint.
+            ValueError: if the source runs out of episodes before the last step.
+        """
+        cfg = self.config
+        if resume and cfg.checkpoint:
+            self.resume(cfg.checkpoint, source)
+        records: List[Dict[str, Any]] = []
+        iterator: Iterator[Episode] = iter(source)
+        bar = None
+        if cfg.progress and self.step < cfg.steps:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
+        self.model.train()
+        window_loss, window_acc, window_n = 0.0, 0.0, 0
+        t_window = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                batch = []
+                for _ in range(cfg.batch_episodes):
+                    try:
+                        batch.append(next(iterator))
+                    except StopIteration:
+                        raise ValueError(
+                            f"the episode source ran out after {self.step} steps; give an endless "
+                            f"sampler or at least {cfg.steps * cfg.batch_episodes} episodes"
+                        ) from None
+                batch = [ep.to(self.device) for ep in batch]
+                loss, acc = self._forward(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {float(loss)} at step {self.step + 1}; lower the learning rate "
+                        "or the similarity scale"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                window_loss += float(loss)
+                window_acc += acc
+                window_n += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - t_window
+                    rec = {
+                        "step": self.step,
+                        "loss": window_loss / window_n,
+                        "accuracy": window_acc / window_n,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "episodes_per_s": window_n * cfg.batch_episodes / max(dt, 1e-9),
+                    }
+                    self._log(rec, records)
+                    window_loss, window_acc, window_n = 0.0, 0.0, 0
+                    t_window = time.perf_counter()
+                validated = False
+                if validate is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                    self._validate(validate, records, source)
+                    validated = True
+                if cfg.checkpoint and (
+                    validated or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                ):
+                    self.save(cfg.checkpoint, source)
+        finally:
+            if bar is not None:
+                bar.close()
+        if cfg.checkpoint:
+            self.save(cfg.checkpoint, source)
+        return records
+
+    def _validate(self, validate: Callable[[torch.nn.Module], float], records: list, source: Any) -> None:
+        acc = float(validate(self.model))
+        self.model.train()
+        improved = self.best_val is None or acc > self.best_val
+        if improved:
+            self.best_val = acc
+            if self.config.checkpoint:
+                self.save(best_checkpoint_path(self.config.checkpoint), source)
+        self._log({"step": self.step, "val_accuracy": acc, "best": improved}, records)
+
+    def _log(self, record: Dict[str, Any], records: list) -> None:
+        records.append(record)
+        self.history.append(record)
+        if self.config.log_path:
+            path = Path(self.config.log_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def best_checkpoint_path(checkpoint: PathLike) -> Path:
+    """Where the best-validation checkpoint of ``checkpoint`` is kept."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".best" + (p.suffix or ".pt"))
