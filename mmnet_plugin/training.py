@@ -294,7 +294,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                window_loss += float(loss)
+                window_loss += float(loss.detach())
                 window_acc += acc
                 window_n += 1
                 if bar is not None:

@@ -7,6 +7,7 @@ import os
 from typing import Any, Optional, Union
 
 from .base import (
+    DataCorruptError,
     DataNotFoundError,
     FewShotDataset,
     TensorFewShotDataset,
@@ -16,6 +17,7 @@ from .base import (
 
 __all__ = [
     "DATASETS",
+    "DataCorruptError",
     "DataNotFoundError",
     "FewShotDataset",
     "TensorFewShotDataset",
@@ -52,6 +54,7 @@ def load_dataset(
     if key == "glyphs":
         from .glyphs import Glyphs
 
+        kwargs.pop("cache_dir", None)  # generated in memory: nothing to cache on disk
         return Glyphs(split=split, **kwargs)
     if key == "omniglot":
         from .omniglot import Omniglot

@@ -18,7 +18,6 @@ import hashlib
 import os
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Mapping, Optional, Union
 
@@ -126,6 +125,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache files are ordinary readable files
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -180,7 +180,7 @@ def load_arrays(path: PathLike, required: Iterable[str]) -> Optional[Dict[str, n
             if missing:
                 raise ValueError(f"missing arrays {', '.join(missing)}")
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # any failure to read means: rebuild, never half use
         warnings.warn(
             f"cache file {path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it",
             CacheWarning,

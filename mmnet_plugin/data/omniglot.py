@@ -32,7 +32,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import cache as _cache
 from .base import DataCorruptError, DataNotFoundError, FewShotDataset, resolve_data_root
@@ -208,10 +208,10 @@ def _decode_png(data: bytes, image_size: int, expected_size: Optional[int]) -> n
         im.load()
         if expected_size is not None and im.size != (expected_size, expected_size):
             raise ValueError(f"it is {im.size[0]}x{im.size[1]}, expected {expected_size}x{expected_size}")
-        grey = ImageOps.invert(im.convert("L"))  # ink bright
+        grey = im.convert("L")  # ink 0, background 255
     if grey.size != (image_size, image_size):
         grey = grey.resize((image_size, image_size), Image.LANCZOS)
-    return np.asarray(grey, dtype=np.uint8)
+    return 255 - np.asarray(grey, dtype=np.uint8)  # ink bright
 
 
 def _problems_error(label: str, problems: List[str], hint: str) -> DataCorruptError:
@@ -373,10 +373,11 @@ def _load_store(
         coll_ids += [idx] * len(chars)
     images = np.concatenate(parts) if len(parts) > 1 else parts[0]
     collection = np.asarray(coll_ids, dtype=np.int64)
-    dup = len(set(all_chars)) != len(all_chars)
-    if dup:
-        seen: set = set()
-        twice = sorted({c for c in all_chars if c in seen or seen.add(c)})
+    if len(set(all_chars)) != len(all_chars):
+        counts: Dict[str, int] = {}
+        for c in all_chars:
+            counts[c] = counts.get(c, 0) + 1
+        twice = sorted(c for c, n in counts.items() if n > 1)
         raise DataCorruptError(
             f"{folder}: characters {', '.join(twice[:5])} appear in both collections; "
             "images_background and images_evaluation must hold different alphabets"

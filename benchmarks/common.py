@@ -1,0 +1,281 @@
+"""Small helpers of the benchmark harness: atomic writes, versions, git commit, seeds and
+peak memory. Nothing here touches global random state."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "REPO_ROOT",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "config_key",
+    "derive_seed",
+    "versions",
+    "git_commit",
+    "device_description",
+    "PeakMemory",
+    "quiet_import",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Distributions whose versions every results.json records.
+_DISTRIBUTIONS = ("mmnet-plugin", "torch", "torchvision", "numpy", "easyfsl", "learn2learn",
+                  "matplotlib", "tqdm")
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``, so a reader
+    (or an interrupted run) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Union[str, Path], obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as indented JSON (NaN written as ``null``)."""
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def config_key(config: Dict[str, Any]) -> str:
+    """A short stable hash of a configuration (16 hex digits)."""
+    text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+_ROLES = {"train": 1, "test": 2, "init": 3, "mixed": 4}
+
+
+def derive_seed(seed: int, role: str, *parts: int) -> int:
+    """An independent 63-bit seed for one role (``train``, ``test``, ``init``, ``mixed``)
+    and setting, derived from the run's ``--seed`` by ``numpy.random.SeedSequence``."""
+    ss = np.random.SeedSequence(entropy=int(seed) & ((1 << 63) - 1),
+                                spawn_key=(_ROLES[role],) + tuple(int(p) for p in parts))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Versions of python and of the libraries the harness uses (``None``: not installed).
+    Read from the installed metadata, so nothing heavy is imported."""
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for dist in _DISTRIBUTIONS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    if out.get("mmnet-plugin") is None:
+        with contextlib.suppress(Exception):
+            import mmnet_plugin
+
+            out["mmnet-plugin"] = getattr(mmnet_plugin, "__version__", None)
+    return out
+
+
+def git_commit(root: Union[str, Path] = REPO_ROOT) -> Dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository at ``root``."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            res = subprocess.run(["git", *args], cwd=str(root), capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": sha, "dirty": None if status is None else bool(status)}
+
+
+def device_description(device: torch.device) -> Dict[str, Any]:
+    """What the device is, in words and numbers, for results.json."""
+    info: Dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads(),
+                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        info["name"] = torch.cuda.get_device_name(idx)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    info["name"] = line.split(":", 1)[1].strip()
+                    break
+    return info
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that the resident
+    size at the start of a job is not inflated by what earlier jobs freed."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory of one job.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` over the job (exact). On CPU: the peak
+    resident set size of the process over the job, sampled every 10 ms by a thread, minus
+    the resident size when the job started, after freed heap memory was handed back to the
+    OS (so it counts what the job added, including data it was first to load). ``None``
+    where neither can be measured.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.01):
+        self.device = device
+        self.interval = interval
+        self.peak_bytes: Optional[int] = None
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_increase"
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._base = 0
+        self._peak = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        _release_free_memory()
+        base = _rss_bytes()
+        if base is None:
+            return self
+        self._base = self._peak = base
+
+        def watch() -> None:
+            while not self._stop.wait(self.interval):
+                now = _rss_bytes()
+                if now is not None and now > self._peak:
+                    self._peak = now
+
+        self._thread = threading.Thread(target=watch, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        now = _rss_bytes() or 0
+        self.peak_bytes = max(self._peak, now) - self._base
+
+    @property
+    def mib(self) -> Optional[float]:
+        return None if self.peak_bytes is None else self.peak_bytes / 2 ** 20
+
+
+@contextlib.contextmanager
+def quiet_import() -> Iterator[None]:
+    """Silence what some libraries print to stderr on import (learn2learn pulls in gym,
+    which prints a deprecation notice)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+
+
+class Stopwatch:
+    """Wall time, with a CUDA synchronise at both ends when the device is CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._t0
