@@ -17,6 +17,9 @@ pip install -q -e "$here[bench,easyfsl,test]"
 if ! "$venv/bin/python" -c "import importlib.metadata as m; m.version('learn2learn')" >/dev/null 2>&1; then
   pip install -q cython setuptools wheel numpy
   pip install -q --no-build-isolation --use-pep517 -C--build-option=build_ext learn2learn==0.2.0
+  # learn2learn pulls qpth, which pins numpy<2 and so breaks pandas 3 (and easyfsl with it);
+  # learn2learn itself runs on numpy 2.
+  pip install -q "numpy>=2"
 fi
 # torchmeta 1.8.0 pins torch<1.10: install it without its pins, plus what it really needs;
 # mmnet_plugin.integrations.torchmeta.patch_torchmeta() makes it work on current torch.

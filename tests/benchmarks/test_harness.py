@@ -138,21 +138,21 @@ def test_missing_library_fails_only_its_method(tmp_path, monkeypatch, capsys):
 
 def test_interrupt_keeps_finished_work(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    args = ["--methods", "matchingnet,protonet", "--train-episodes", "4", "--test-episodes", "4"]
+    args = ["--methods", "protonet,matchingnet", "--train-episodes", "4", "--test-episodes", "4"]
 
     def interrupted(self, batch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(METHODS["protonet"], "train_step", interrupted)
+        mp.setattr(METHODS["matchingnet"], "train_step", interrupted)
         assert harness.main(TINY + args + ["--output", str(out)]) == 130
     recs = _results(out)["records"]
-    assert [r["method"] for r in recs] == ["matchingnet"]
+    assert [r["method"] for r in recs] == ["protonet"]
     assert not list(out.glob("**/*.tmp"))
     finished = recs[0]["finished_at"]
     assert harness.main(TINY + args + ["--output", str(out)]) == 0
     recs = {r["method"]: r for r in _results(out)["records"]}
-    assert recs["matchingnet"]["finished_at"] == finished and recs["protonet"]["status"] == "ok"
+    assert recs["protonet"]["finished_at"] == finished and recs["matchingnet"]["status"] == "ok"
 
 
 def test_test_mismatch_is_an_error():

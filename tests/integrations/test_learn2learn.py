@@ -158,6 +158,8 @@ def test_dataloader_batch_of_many_tasks(dataset):
 def test_tasksetsampler_route_equals_taskset_route(dataset):
     from learn2learn.data.samplers import TasksetSampler
 
+    # class ids 5..14, so that dataset labels are never already 0..C-1
+    dataset = TensorFewShotDataset(dataset.images, dataset.targets + 5)
     md, tasks = _taskset(dataset, ways=3, k=2 + 2, num_tasks=3, consecutive=True)
     loader = torch.utils.data.DataLoader(md, batch_sampler=TasksetSampler(tasks, shuffle=False))
     for i, batch in enumerate(loader):
