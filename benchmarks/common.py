@@ -192,24 +192,48 @@ def _rss_bytes() -> Optional[int]:
         return None
 
 
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark (``VmHWM``) to the current resident size
+    (Linux >= 4.0: write 5 to ``/proc/self/clear_refs``). False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
 class PeakMemory:
     """Peak memory of one job.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` over the job (exact). On CPU: the peak
-    resident set size of the process over the job, sampled every 10 ms by a thread, minus
-    the resident size when the job started, after freed heap memory was handed back to the
-    OS (so it counts what the job added, including data it was first to load). ``None``
-    where neither can be measured.
+    resident set size of the process over the job minus the resident size when the job
+    started, after freed heap memory was handed back to the OS (so it counts what the job
+    added, including data it was first to load). The peak is the kernel's high-water mark,
+    reset at the start of the job (Linux); elsewhere a thread samples the resident size
+    every 20 ms. ``None`` where neither works.
     """
 
-    def __init__(self, device: torch.device, interval: float = 0.01):
+    def __init__(self, device: torch.device, interval: float = 0.02):
         self.device = device
         self.interval = interval
         self.peak_bytes: Optional[int] = None
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_increase"
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._base = 0
+        self._hwm = False
+        self._base: Optional[int] = None
         self._peak = 0
 
     def __enter__(self) -> "PeakMemory":
@@ -218,10 +242,13 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         _release_free_memory()
-        base = _rss_bytes()
-        if base is None:
+        self._base = _rss_bytes()
+        if self._base is None:
             return self
-        self._base = self._peak = base
+        self._hwm = _reset_peak_rss()
+        if self._hwm:
+            return self
+        self._peak = self._base
 
         def watch() -> None:
             while not self._stop.wait(self.interval):
@@ -238,10 +265,16 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
             return
-        if self._thread is None:
+        if self._base is None:
             return
-        self._stop.set()
-        self._thread.join()
+        if self._hwm:
+            peak = _status_kib("VmHWM")
+            if peak is not None:
+                self.peak_bytes = max(0, peak - self._base)
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
         now = _rss_bytes() or 0
         self.peak_bytes = max(self._peak, now) - self._base
 

@@ -176,6 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds")
     p.add_argument("--test-episodes", type=positive_int, default=20, help="test episodes per round")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MM-Net step")
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
@@ -190,6 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             devices = [resolve_device(args.device)]
         except ValueError as exc:
             p.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = []
     for device in devices:
         res = measure(device, methods, args.ways, args.shots, args.queries, args.rounds,

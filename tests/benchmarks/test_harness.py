@@ -1,7 +1,8 @@
 """The benchmark harness on a tiny budget: every method on ``glyphs`` 5-way 1-shot.
 
 One shared run (all methods, 32 training and 20 test episodes, 3 queries per class) feeds
-most tests; the others copy its output folder or run two cheap methods.
+most tests; the others copy its output folder or run two cheap methods. One torch thread:
+on a 2-core machine that other jobs keep busy, two threads are several times slower.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from benchmarks.methods import METHODS  # noqa: E402
 ALL = "mmnet,mmnet-mixed,maml,protonet,matchingnet"
 TINY = ["--dataset", "glyphs", "--settings", "5w1s", "--train-episodes", "32", "--test-episodes", "20",
         "--queries", "3", "--mixed-ways", "2-5", "--mixed-shots", "1-2", "--device", "cpu", "--seed", "3",
-        "--no-progress"]
+        "--threads", "1", "--no-progress"]
 
 
 def _run(out: Path, *extra: str, methods: str = ALL) -> int:
@@ -121,6 +122,19 @@ def test_changed_configuration_is_not_reused(tiny_run, tmp_path, capsys):
     assert "skipped" not in text and "not reused" in text
     recs = _results(out)["records"]
     assert [r["method"] for r in recs] == ["protonet"] and recs[0]["test_episodes"] == 7
+
+
+def test_changed_method_settings_are_not_reused(tiny_run, tmp_path, monkeypatch, capsys):
+    src, _ = tiny_run
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    old = {r["method"]: r for r in _results(out)["records"]}["protonet"]
+    monkeypatch.setattr(METHODS["protonet"], "lr", 2e-3)
+    assert _run(out, methods="protonet") == 0
+    assert "other method settings" in capsys.readouterr().out
+    recs = [r for r in _results(out)["records"] if r["method"] == "protonet"]
+    assert len(recs) == 1 and recs[0]["key"] != old["key"] and recs[0]["hyperparameters"]["lr"] == 2e-3
+    assert len(_results(out)["records"]) == 5  # the other methods' results still stand
 
 
 def test_missing_library_fails_only_its_method(tmp_path, monkeypatch, capsys):
