@@ -82,8 +82,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dr", type=positive_int, default=512, help="contextual learner hidden size Dr (default 512)")
     group.add_argument("--memory-slots", type=positive_int, default=None,
                        help="memory slots M (default: one per support item)")
-    group.add_argument("--similarity-scale", type=_scale, default=1.0,
-                       help="scale s of the dot-product similarities, or 'learned' (default 1)")
+    group.add_argument("--similarity-scale", type=_scale, default=0.125,
+                       help="scale s of the dot-product similarities, or 'learned' "
+                            "(default 0.125; 1 is the paper's raw dot product)")
     group.add_argument("--decision", choices=("nearest", "class_mass"), default="nearest",
                        help="decision rule (default nearest, the paper's)")
 
