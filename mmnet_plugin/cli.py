@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
     train.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    train.add_argument("--checkpoint-every", type=int, default=100,
+                       help="also write the checkpoint every N steps, so an interrupted run loses little "
+                            "(default 100; 0: only at the end)")
     train.add_argument("--log", default=None, help="JSON-lines training log")
     train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,6 +143,7 @@ def _train(args: argparse.Namespace) -> int:
         device=str(device),
         bf16=args.bf16,
         checkpoint=args.checkpoint,
+        checkpoint_every=max(0, args.checkpoint_every),
         val_every=max(0, args.val_every),
         log_path=args.log,
         progress=not args.no_progress,

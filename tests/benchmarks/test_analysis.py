@@ -1,0 +1,137 @@
+"""The section 4.6 analyses (``benchmarks/analysis.py``) on a tiny ``glyphs`` budget.
+
+One shared run of every part (1 step of 1 episode per model, Dm = Dr = 8, 2 test episodes of
+2 queries per class) feeds most tests; the numbers are meaningless, the files are checked.
+One torch thread: on a 2-core machine shared with other jobs, more threads are slower.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+pytest.importorskip("easyfsl")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from benchmarks import analysis  # noqa: E402
+from mmnet_plugin.data import load_dataset  # noqa: E402
+from mmnet_plugin.episodes import Episode, EpisodeSampler  # noqa: E402
+from mmnet_plugin.models import MMNet  # noqa: E402
+
+TINY = ["--dataset", "glyphs", "--steps", "1", "--batch-episodes", "1", "--test-episodes", "2", "--queries", "2",
+        "--dm", "8", "--dr", "8", "--dr-values", "8,16", "--tsne-images", "6", "--device", "cpu", "--seed", "3",
+        "--threads", "1", "--dpi", "50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_all(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("analysis")
+    assert analysis.main(TINY + ["--output", str(out)]) == 0
+    return out
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _check_png(path: Path, width: int, height: int) -> None:
+    assert path.is_file(), f"{path.name} was not written"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert analysis.png_size(path) == (width, height)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(path)).shape[:2] == (height, width)
+
+
+def test_strategy_table(run_all: Path) -> None:
+    table = (run_all / "strategy.md").read_text()
+    for label in ["uniform 5-way 1-shot", "uniform 5-way 5-shot", "mixed k-shot", "mixed C-way k-shot"]:
+        assert label in table
+    rows = _results(run_all)["parts"]["strategy"]["rows"]
+    assert len(rows) == 7
+    fps = _results(run_all)["test_fingerprints"]
+    for row in rows:
+        assert set(row["tests"]) == {f"5w{k}s" for k in range(1, 6)}
+        for setting, r in row["tests"].items():
+            assert r["fingerprint"] == fps[setting]  # every model on the same test episodes
+            assert 0.0 <= r["accuracy"] <= 1.0 and r["ci95"] >= 0.0
+
+
+def test_dr_figure(run_all: Path) -> None:
+    _check_png(run_all / "dr.png", 300, 200)  # 6 x 4 inches at --dpi 50
+    rows = _results(run_all)["parts"]["dr"]["rows"]
+    assert sorted({r["dr"] for r in rows}) == [8, 16]
+    assert {r["setting"] for r in rows} == {"5w1s", "5w5s"}
+
+
+def test_tsne_and_similarity_figures(run_all: Path) -> None:
+    _check_png(run_all / "tsne.png", 500, 230)
+    _check_png(run_all / "similarity.png", 500, 230)
+    parts = _results(run_all)["parts"]
+    assert parts["tsne"]["images"] == 5 * (5 + 6)
+    assert set(parts["similarity"]["stats"]) == {"MM-Net", "Matching Networks"}
+
+
+def test_ablations_tables_and_curves(run_all: Path) -> None:
+    groups = _results(run_all)["parts"]["ablations"]["groups"]
+    assert set(groups) == {"components", "memory_slots", "decision", "similarity_scale", "filter_init_scale"}
+    fp = _results(run_all)["test_fingerprints"]["5w5s"]
+    for name, g in groups.items():
+        _check_png(run_all / f"curves_{name}.png", 300, 200)
+        assert all(r["fingerprint"] == fp for r in g["rows"])
+    text = (run_all / "ablations.md").read_text()
+    assert "without contextual learner" in text and fp[:16] in text
+
+
+def test_report_states_budget_and_claims(run_all: Path) -> None:
+    report = (run_all / "report.md").read_text()
+    assert "1 steps x 1 episodes" in report
+    assert "pipeline check, not evidence" in report
+    for heading in ["Table 3", "Figure 2", "Figure 3", "Figure 4", "Ablations"]:
+        assert heading in report
+    assert "Claim:" in report
+
+
+def test_resume_skips_trained_models_and_parts_select(run_all: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(run_all, out)
+    records = sorted((out / "models").glob("*.json"))
+    before = {p.name: p.read_text() for p in records}
+    assert analysis.main(TINY + ["--output", str(out), "--parts", "dr"]) == 0
+    after = {p.name: p.read_text() for p in sorted((out / "models").glob("*.json"))}
+    assert after == before  # nothing retrained or retested
+    assert "strategy" in _results(out)["parts"]  # earlier parts kept
+
+
+def test_bad_part_is_rejected() -> None:
+    with pytest.raises(SystemExit):
+        analysis.build_parser().parse_args(["--parts", "nope"])
+
+
+def test_without_contextual_learner_query_embedding_ignores_support() -> None:
+    ds = load_dataset("glyphs", split="test")
+    sampler = EpisodeSampler(ds, 5, 2, 2, seed=1, episodes=2)
+    a, b = list(sampler)
+    swapped = Episode(b.support_x, b.support_y, a.query_x, a.query_y)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ablated = MMNet(in_channels=1, image_size=28, dm=8, dr=8, use_contextual_learner=False).eval()
+        full = MMNet(in_channels=1, image_size=28, dm=8, dr=8).eval()
+    with torch.no_grad():
+        qa = ablated.forward_batch([a]).query_embeddings
+        qb = ablated.forward_batch([swapped]).query_embeddings
+        assert torch.allclose(qa, qb, atol=1e-6)
+        assert ablated.contextual is None
+        fa = full.forward_batch([a]).query_embeddings
+        fb = full.forward_batch([swapped]).query_embeddings
+        assert not torch.allclose(fa, fb, atol=1e-6)  # the full model's queries do see the support
