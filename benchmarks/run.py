@@ -82,7 +82,7 @@ FORMAT = "mmnet-plugin/benchmark/1"
 DEFAULT_METHODS = ("mmnet", "maml", "protonet", "matchingnet")
 
 #: the bare command's budget (measured to fit about 5 minutes on 2 CPU cores: see README)
-BARE = {"settings": [(5, 1)], "train_episodes": 256, "test_episodes": 600, "train_split": "train"}
+BARE = {"settings": [(5, 1)], "train_episodes": 192, "test_episodes": 600, "train_split": "train"}
 
 
 def paper_preset(dataset: str) -> Dict[str, Any]:
