@@ -89,8 +89,9 @@ def test_loss_is_eq8_written_out():
     assert torch.allclose(out.episode_losses(), torch.tensor(per_episode), rtol=1e-4, atol=1e-4)
     assert math.isclose(model.loss(eps).item(), sum(per_episode) / 2, rel_tol=1e-4, abs_tol=1e-4)
     # P = s * f . g
+    s = float(model.similarity_scale)
     assert torch.allclose(out.episode_similarities(0),
-                          out.query_embeddings[0, :6] @ out.support_embeddings[0, :6].T, atol=1e-4)
+                          s * out.query_embeddings[0, :6] @ out.support_embeddings[0, :6].T, atol=1e-4)
 
 
 def test_similarity_scale_multiplies_p():
