@@ -19,7 +19,6 @@ ProtoNet's per episode, and faster than learn2learn's MAML.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -177,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test-episodes", type=positive_int, default=20, help="test episodes per round")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core)")
+                   help="torch CPU threads (default: torch's choice, one per core); timings on a busy machine are "
+                        "only comparable with 1")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MM-Net step")
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
