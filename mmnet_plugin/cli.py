@@ -162,13 +162,12 @@ def _train(args: argparse.Namespace) -> int:
                                  episodes=args.val_episodes)
             return evaluate(m, eps, device=device).accuracy
 
-    records = trainer.fit(sampler, validate=validate, resume=args.resume)
+    trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     tail = f", last loss {last['loss']:.4f}, train accuracy {100 * last['accuracy']:.1f}%" if last else ""
     saved = f", checkpoint {args.checkpoint}" if args.checkpoint else ""
     print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
           f"training fingerprint {sampler.short_fingerprint}{saved}")
-    del records
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, List, Optional, Union
 import numpy as np
 import torch
 
-from .episodes import Episode, fingerprint_episodes, _EMPTY_FINGERPRINT, _chain
+from .episodes import Episode, _EMPTY_FINGERPRINT, _chain
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
 
