@@ -63,7 +63,7 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
         except MethodUnavailable as exc:
             errors[name] = str(exc)
             continue
-        ctx = MethodContext("glyphs", ways, shots, 1, image_size, device, 1000)
+        ctx = MethodContext("glyphs", ways, shots, 1, image_size, device, 10 ** 6)  # large budget: full batches
         ctxs[name] = ctx
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(seed, "init"))

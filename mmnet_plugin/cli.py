@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=100,
                        help="also write the checkpoint every N steps, so an interrupted run loses little "
                             "(default 100; 0: only at the end)")
+    train.add_argument("--time-limit", type=float, default=0.0,
+                       help="stop after the step that passes this many seconds, writing the checkpoint; "
+                            "rerun with --resume to go on (default 0: no limit)")
     train.add_argument("--log", default=None, help="JSON-lines training log")
     train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ways", type=range_arg, default=5, help="C (default 5)")
     ev.add_argument("--shots", type=range_arg, default=1, help="k (default 1)")
     ev.add_argument("--episodes", type=positive_int, default=1000, help="test episodes (default 1000)")
+    ev.add_argument("--batch-episodes", type=positive_int, default=25,
+                    help="test episodes scored in one batch (default 25; each is still scored on its own)")
     ev.add_argument("--checkpoint", required=True, help="checkpoint written by mmnet train")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -147,6 +152,7 @@ def _train(args: argparse.Namespace) -> int:
         val_every=max(0, args.val_every),
         log_path=args.log,
         progress=not args.no_progress,
+        time_limit=args.time_limit,
     )
     extra = {"dataset": args.dataset, "split": args.split, "seed": args.seed}
     trainer = Trainer(model, config, model_config=model_config, extra_state=extra)
@@ -166,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     tail = f", last loss {last['loss']:.4f}, train accuracy {100 * last['accuracy']:.1f}%" if last else ""
     saved = f", checkpoint {args.checkpoint}" if args.checkpoint else ""
+    if trainer.stopped_early:
+        saved += f"; stopped by --time-limit {args.time_limit:g}s before step {args.steps} (rerun with --resume)"
     print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
           f"training fingerprint {sampler.short_fingerprint}{saved}")
     return 0
@@ -187,7 +195,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     test_set = _load(args, args.split)
     sampler = EpisodeSampler(test_set, ways=args.ways, shots=args.shots, queries=args.queries,
                              seed=args.seed, episodes=args.episodes)
-    result = evaluate(model, sampler, device=device, progress=not args.no_progress)
+    result = evaluate(model, sampler, device=device, progress=not args.no_progress,
+                      batch_episodes=args.batch_episodes)
     print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")
     return 0
 

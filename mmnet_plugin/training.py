@@ -53,6 +53,9 @@ class TrainConfig:
         log_every: steps between log records.
         progress: show a tqdm bar with loss and accuracy.
         grad_clip: clip the gradient norm to this value (0: no clipping).
+        time_limit: stop after the first step that ends this many seconds after
+            :meth:`Trainer.fit` began (0: no limit). The checkpoint is written, so a rerun
+            with ``resume`` continues to ``steps``; for leased machines with a hard deadline.
     """
 
     steps: int = 1000
@@ -69,6 +72,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     grad_clip: float = 0.0
+    time_limit: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_episodes", "lr_halve_every"):
@@ -79,6 +83,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be 0 or more; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive; got {self.lr}")
+        if not self.time_limit >= 0:
+            raise ValueError(f"TrainConfig.time_limit must be 0 (no limit) or a positive number of seconds; "
+                             f"got {self.time_limit}")
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
@@ -156,6 +163,7 @@ class Trainer:
         self.step = 0
         self.best_val: Optional[float] = None
         self.history: List[Dict[str, Any]] = []
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ state
     def state_dict(self, source: Any = None) -> Dict[str, Any]:
@@ -250,7 +258,10 @@ class Trainer:
             resume: continue from ``config.checkpoint`` when that file exists.
 
         Returns:
-            The log records of this call (also appended to ``config.log_path``).
+            The log records of this call (also appended to ``config.log_path``). When
+            ``config.time_limit`` stops the run early, the last record is
+            ``{"step": ..., "stopped": "time_limit", "seconds": ...}`` and
+            :attr:`stopped_early` is true.
 
         Raises:
             CheckpointError: if resuming from a bad checkpoint.
@@ -267,8 +278,9 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
         self.model.train()
+        self.stopped_early = False
         window_loss, window_acc, window_n = 0.0, 0.0, 0
-        t_window = time.perf_counter()
+        t_start = t_window = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 batch = []
@@ -320,6 +332,11 @@ class Trainer:
                     validated or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
                 ):
                     self.save(cfg.checkpoint, source)
+                elapsed = time.perf_counter() - t_start
+                if cfg.time_limit and elapsed >= cfg.time_limit and self.step < cfg.steps:
+                    self.stopped_early = True
+                    self._log({"step": self.step, "stopped": "time_limit", "seconds": elapsed}, records)
+                    break
         finally:
             if bar is not None:
                 bar.close()

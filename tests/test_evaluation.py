@@ -73,3 +73,30 @@ def test_evaluate_refuses_empty_and_unlabelled():
     ep = Episode(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="without query labels"):
         evaluate(_nearest, [ep])
+
+
+def test_batched_evaluation_equals_one_by_one():
+    from mmnet_plugin import MMNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MMNet(in_channels=1, image_size=28, dm=16, dr=16)
+    g = torch.Generator().manual_seed(1)
+    ds = TensorFewShotDataset(torch.rand(8 * 4, 1, 28, 28, generator=g), np.repeat(np.arange(8), 4))
+
+    def run(batch):
+        return evaluate(model, EpisodeSampler(ds, ways=(2, 5), shots=(1, 2), queries=2, seed=2, episodes=7),
+                        batch_episodes=batch)
+
+    one, batched = run(1), run(3)
+    assert batched.per_episode == one.per_episode and batched.fingerprint == one.fingerprint
+    assert len(set(one.per_episode)) > 1  # an untrained model: episodes differ, so the check has teeth
+    with pytest.raises(ValueError, match="batch_episodes"):
+        run(0)
+
+
+def test_evaluate_refuses_scores_of_the_wrong_shape():
+    ds = _dataset()
+    with pytest.raises(ValueError, match=r"\[n_query, n_way\]"):
+        evaluate(lambda sx, sy, qx: _nearest(sx, sy, qx).t(), EpisodeSampler(ds, ways=5, shots=1, queries=2,
+                                                                            seed=1, episodes=2))

@@ -127,3 +127,23 @@ def test_training_on_glyphs_beats_chance_by_a_wide_margin():
     assert after.fingerprint == before.fingerprint
     assert after.accuracy >= 0.45, after.summary()
     assert after.accuracy >= before.accuracy + 0.05, (before.summary(), after.summary())
+
+
+def test_time_limit_stops_early_keeps_the_checkpoint_and_resume_finishes(tmp_path):
+    sampler = EpisodeSampler(_dataset(), ways=5, shots=1, queries=2, seed=4)
+    ckpt = tmp_path / "t.pt"
+    cfg = TrainConfig(steps=5, batch_episodes=2, checkpoint=str(ckpt), progress=False, time_limit=1e-9)
+    trainer = Trainer(_model(), cfg, model_config=SMALL)
+    records = trainer.fit(sampler)
+    assert trainer.stopped_early and trainer.step == 1
+    assert records[-1]["stopped"] == "time_limit" and records[-1]["step"] == 1
+    assert load_checkpoint(ckpt)["step"] == 1
+    cfg2 = TrainConfig(steps=5, batch_episodes=2, checkpoint=str(ckpt), progress=False)
+    again = Trainer(_model(), cfg2, model_config=SMALL)
+    again.fit(EpisodeSampler(_dataset(), ways=5, shots=1, queries=2, seed=4), resume=True)
+    assert again.step == 5 and not again.stopped_early
+
+
+def test_time_limit_must_not_be_negative():
+    with pytest.raises(ValueError, match="time_limit"):
+        TrainConfig(time_limit=-1)

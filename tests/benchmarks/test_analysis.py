@@ -135,3 +135,10 @@ def test_without_contextual_learner_query_embedding_ignores_support() -> None:
         fa = full.forward_batch([a]).query_embeddings
         fb = full.forward_batch([swapped]).query_embeddings
         assert not torch.allclose(fa, fb, atol=1e-6)  # the full model's queries do see the support
+
+
+def test_ablation_setting_option() -> None:
+    assert analysis.build_parser().parse_args(["--ablation-setting", "20w1s"]).ablation_setting == (20, 1)
+    for bad in ("5w1s,5w5s", "twenty"):
+        with pytest.raises(SystemExit):
+            analysis.build_parser().parse_args(["--ablation-setting", bad])

@@ -186,3 +186,18 @@ def test_bad_arguments_exit_2(capsys):
         harness.main(["--methods", "mmnet,nope"])
     assert exc.value.code == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_mmnet_batch_shrinks_so_small_budgets_get_enough_steps():
+    import torch
+
+    from benchmarks.methods.base import MethodContext
+    from benchmarks.methods.mmnet import MIN_STEPS, MMNetMethod
+
+    def batch(dataset, budget):
+        return MMNetMethod(MethodContext(dataset, 5, 1, 1, 28, torch.device("cpu"), budget)).episodes_per_step
+
+    assert batch("glyphs", 160) == 1            # 160 steps rather than 10 batches of 16
+    assert batch("omniglot", 2000) == 2000 // MIN_STEPS
+    assert batch("omniglot", 10 ** 6) == 16     # the paper's batch at real budgets
+    assert batch("miniimagenet", 10 ** 6) == 4
