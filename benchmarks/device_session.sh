@@ -4,7 +4,8 @@
 #   A. the MM-Net table (benchmarks/omniglot_mmnet.sh): the mixed-strategy model first, then
 #      uniform models, each trained for at most its TIME_LIMIT and tested on 1,000 episodes;
 #   B. the leaderboard (benchmarks/run.py): all methods, 5w1s,5w5s,20w1s,20w5s, same episodes;
-#   C. the analysis (benchmarks/analysis.py): one part after another, each part's report kept.
+#   C. the analysis (benchmarks/analysis.py): one part after another, each part's report kept;
+#   D. then, alone on the GPU, benchmarks/speed.py (at most SPEED_TIME seconds, default 90).
 #
 # The GPU runs small, launch-bound kernels for all of these, so running them side by side
 # uses one lease far better than one after another. Every job is resumable and stopped at the
@@ -84,6 +85,11 @@ log "B leaderboard ended rc=$?"
 
 wait
 log "all jobs ended"
+# D. speed on the now idle GPU (all methods on the same episodes, interleaved; MM-Net profile)
+PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "${SPEED_TIME:-90}" "$py" benchmarks/speed.py --device "$device" \
+  --rounds 5 --profile --json "$work/speed.json" > "$work/speed.txt" 2>&1
+log "D speed ended rc=$?"
+cp "$work/speed.txt" "$out/" 2>/dev/null
 cp "$work/session.txt" "$out/" 2>/dev/null
 cp "$work/mmnet/results.txt" "$out/mmnet-results.txt" 2>/dev/null
 cp "$work/leaderboard/leaderboard.md" "$out/" 2>/dev/null
