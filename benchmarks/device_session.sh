@@ -23,6 +23,10 @@
 #   BENCH_EPISODES              harness training episodes per method and setting (default 2000)
 #   ANALYSIS_STEPS              analysis steps per model (default 300)
 #   TEST_EPISODES               harness and analysis test episodes (default 500 / 300)
+#   JOBS                        which of A B C D to run (default all)
+#   ANALYSIS_GROUPS             analysis parts, ";" between concurrent chains
+#                               (default "ablations strategy dr similarity tsne": one chain)
+#   SEED_DIR                    an earlier session's work folder to resume from
 set -uo pipefail
 cd "$(dirname "$0")/.."
 carry="$(cd "${1:?usage: device_session.sh CARRY_DIR OUT_DIR}" && pwd)"
@@ -36,6 +40,11 @@ work="${WORK:-/tmp/device-runs}"
 mkdir -p "$work" "$out"
 export MMNET_DATA_ROOT="$carry/datasets" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHON="$py"
 export MMNET_CACHE_DIR="${MMNET_CACHE_DIR:-$carry/cache}"
+jobs="${JOBS:-A B C D}"
+want() { [[ " $jobs " == *" $1 "* ]]; }
+# SEED_DIR: the work folder of an earlier session (e.g. an unpacked device-runs.tgz); its
+# results are copied in first, so the resumable jobs skip what that session finished.
+if [ -n "${SEED_DIR:-}" ]; then cp -r "$SEED_DIR"/. "$work"/; fi
 t0=$SECONDS
 left() { local l=$(( deadline - (SECONDS - t0) )); echo $(( l > 1 ? l : 1 )); }
 log() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$work/session.txt"; }
@@ -62,37 +71,50 @@ chain() {  # models time_limit tag
     timeout "$(left)" bash benchmarks/omniglot_mmnet.sh "$work/mmnet" > "$work/mmnet-$3.log" 2>&1
   log "A[$3] $1 ended rc=$?"
 }
-chain "mixed" "${MIXED_TIME:-210}" mixed &
-chain "5w1s 5w5s" "${UNIFORM_TIME:-100}" 5way &
-chain "20w1s 20w5s" "${UNIFORM_TIME:-100}" 20way &
+if want A; then
+  chain "mixed" "${MIXED_TIME:-210}" mixed &
+  chain "5w1s 5w5s" "${UNIFORM_TIME:-100}" 5way &
+  chain "20w1s 20w5s" "${UNIFORM_TIME:-100}" 20way &
+fi
 
-# C. the analysis, part by part (each invocation adds its part to report.md)
-( for part in ablations strategy dr similarity tsne; do
-    PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "$(left)" "$py" -m benchmarks.analysis --dataset omniglot --device "$device" \
-      --steps "$analysis_steps" --batch-episodes 16 --queries 15 --test-episodes "${TEST_EPISODES:-300}" \
-      --parts "$part" --output "$work/analysis" >> "$work/analysis.log" 2>&1
-    log "C analysis $part ended rc=$?"
-  done ) &
+# C. the analysis: each group of parts (";"-separated) is one chain with its own output folder
+#    (analysis-<first part>); parts within a chain reuse each other's models.
+IFS=';' read -ra groups <<< "${ANALYSIS_GROUPS:-ablations strategy dr similarity tsne}"
+for group in "${groups[@]}"; do
+  [ -n "${group// /}" ] || continue
+  want C || continue
+  set -- $group
+  ( for part in "$@"; do
+      PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "$(left)" "$py" -m benchmarks.analysis --dataset omniglot \
+        --device "$device" --steps "$analysis_steps" --batch-episodes 16 --queries 15 \
+        --test-episodes "${TEST_EPISODES:-300}" --parts "$part" --output "$work/analysis-$1" >> "$work/analysis-$1.log" 2>&1
+      log "C analysis $part ended rc=$?"
+    done ) &
+done
 
 # B. the leaderboard, once the optional libraries are installed
 wait "$install"
 log "extras installed: $(tail -1 "$work/install.txt" 2>/dev/null)"
-PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "$(left)" "$py" benchmarks/run.py --dataset omniglot \
+if want B; then
+  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "$(left)" "$py" benchmarks/run.py --dataset omniglot \
   --device "$device" --methods mmnet-mixed,mmnet,protonet,matchingnet,maml \
   --settings 5w1s,5w5s,20w1s,20w5s --train-split trainval --train-episodes "$bench_episodes" \
   --test-episodes "${TEST_EPISODES:-500}" --no-progress --output "$work/leaderboard" > "$work/leaderboard.log" 2>&1
-log "B leaderboard ended rc=$?"
+  log "B leaderboard ended rc=$?"
+fi
 
 wait
 log "all jobs ended"
 # D. speed on the now idle GPU (all methods on the same episodes, interleaved; MM-Net profile)
-PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "${SPEED_TIME:-90}" "$py" benchmarks/speed.py --device "$device" \
+if want D; then
+  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "${SPEED_TIME:-90}" "$py" benchmarks/speed.py --device "$device" \
   --rounds 5 --profile --json "$work/speed.json" > "$work/speed.txt" 2>&1
-log "D speed ended rc=$?"
+  log "D speed ended rc=$?"
+fi
 cp "$work/speed.txt" "$out/" 2>/dev/null
 cp "$work/session.txt" "$out/" 2>/dev/null
 cp "$work/mmnet/results.txt" "$out/mmnet-results.txt" 2>/dev/null
 cp "$work/leaderboard/leaderboard.md" "$out/" 2>/dev/null
-cp "$work/analysis/report.md" "$out/analysis-report.md" 2>/dev/null
+for r in "$work"/analysis-*/report.md; do [ -f "$r" ] && cp "$r" "$out/$(basename "$(dirname "$r")")-report.md"; done
 tar czf "$out/device-runs.tgz" --exclude='*.pt' -C "$(dirname "$work")" "$(basename "$work")"
 ls -la "$out"
