@@ -20,6 +20,10 @@ def test_train_then_evaluate_on_glyphs(tmp_path, capsys):
     rc = main(["train", *args, "--ways", "2-5", "--shots", "1-2", "--steps", "3", "--batch-episodes", "2",
                "--dm", "16", "--dr", "16", "--checkpoint", str(ckpt), "--resume"])
     assert rc == 0 and "trained 3 steps" in capsys.readouterr().out
+    rc = main(["train", *args, "--ways", "2-5", "--shots", "1-2", "--steps", "9", "--batch-episodes", "2",
+               "--dm", "16", "--dr", "16", "--checkpoint", str(ckpt), "--resume", "--time-limit", "1e-9"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "trained 4 steps" in out and "stopped by --time-limit" in out
     rc = main(["evaluate", *args, "--checkpoint", str(ckpt), "--ways", "3", "--shots", "1", "--episodes", "4"])
     assert rc == 0
     line = capsys.readouterr().out.strip()
@@ -34,6 +38,7 @@ def test_train_then_evaluate_on_glyphs(tmp_path, capsys):
         (["train", "--steps", "0"], "at least 1"),
         (["train", "--dataset", "cifar"], "invalid choice"),
         (["evaluate"], "--checkpoint"),
+        (["train", "--dataset", "glyphs", "--time-limit", "-5"], "time_limit"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message):
