@@ -12,7 +12,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["conv_block", "Conv4", "embedding_dim", "feature_size"]
+__all__ = ["conv_block", "Conv4", "LayoutConv2d", "embedding_dim", "feature_size"]
+
+
+class LayoutConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, on the CPU, convolves in channels-last (NHWC) layout: the input
+    and a channels-last copy of the weight, so oneDNN and the batch norm, ReLU and pooling
+    after it run in NHWC, which is faster there.
+
+    The weight is stored as usual (checkpoints are those of ``nn.Conv2d``); the copy is made
+    per call and gradients flow to the stored weight; results equal ``nn.Conv2d``'s up to
+    float rounding. Measured with one thread on the project's 2-core CPU, forward and
+    backward of Conv-4 over 1,280 28x28 images (a 16-episode 5-way 1-shot MM-Net batch):
+    6.1-6.8 s with ``nn.Conv2d``, 3.7-4.2 s this way. On other devices it is ``nn.Conv2d``
+    (channels-last was not measured there).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        w = self.weight
+        if x.device.type == "cpu" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+            # clone, not contiguous: with one input channel both layouts count as contiguous
+            # and contiguous() would keep NCHW strides, leaving the first block in NCHW
+            w = w.clone(memory_format=torch.channels_last)
+        return self._conv_forward(x, w, self.bias)
 
 
 def conv_block(in_ch: int, out_ch: int, bias: bool = False) -> nn.Sequential:
@@ -31,7 +54,7 @@ def conv_block(in_ch: int, out_ch: int, bias: bool = False) -> nn.Sequential:
     if int(in_ch) < 1 or int(out_ch) < 1:
         raise ValueError(f"conv_block needs positive channel counts; got in_ch={in_ch}, out_ch={out_ch}")
     return nn.Sequential(
-        nn.Conv2d(int(in_ch), int(out_ch), kernel_size=3, padding=1, bias=bias),
+        LayoutConv2d(int(in_ch), int(out_ch), kernel_size=3, padding=1, bias=bias),
         nn.BatchNorm2d(int(out_ch)),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),

@@ -3,12 +3,13 @@ import torch
 from torch import nn
 
 from mmnet_plugin.models import Conv4, conv_block, embedding_dim
+from mmnet_plugin.models.backbone import LayoutConv2d
 
 
 def test_conv_block_structure_and_shape():
     block = conv_block(3, 8)
     kinds = [type(m) for m in block]
-    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert kinds == [LayoutConv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] and isinstance(block[0], nn.Conv2d)
     assert block[0].kernel_size == (3, 3) and block[0].padding == (1, 1)
     assert block(torch.randn(2, 3, 11, 11)).shape == (2, 8, 5, 5)
 
@@ -37,3 +38,19 @@ def test_bad_inputs_raise_value_error():
         Conv4(in_channels=1)(torch.randn(2, 3, 28, 28))
     with pytest.raises(ValueError):
         Conv4(in_channels=0)
+
+
+@pytest.mark.parametrize("in_ch", [1, 3])
+def test_layout_conv_equals_conv2d_in_value_and_gradient(in_ch):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(in_ch, 8, 3, padding=1, bias=False)
+    layout = LayoutConv2d(in_ch, 8, 3, padding=1, bias=False)
+    layout.load_state_dict(plain.state_dict())
+    x = torch.randn(4, in_ch, 9, 9)
+    a, b = plain(x), layout(x)
+    assert b.is_contiguous(memory_format=torch.channels_last)  # the point: NHWC on the CPU
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(layout.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    assert layout.weight.is_contiguous()  # stored as nn.Conv2d stores it: checkpoints unchanged
