@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _candidate_data_root() -> Path:
     env = os.environ.get("MMNET_DATA_ROOT", "")
     if env:
-        return Path(env).expanduser()
+        # absolute, so subprocesses that run elsewhere (the examples) find it too
+        return Path(env).expanduser().resolve()
     return REPO.parent / "shared" / "datasets"
 
 
