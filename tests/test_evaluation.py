@@ -88,7 +88,13 @@ def test_batched_evaluation_equals_one_by_one():
         return evaluate(model, EpisodeSampler(ds, ways=(2, 5), shots=(1, 2), queries=2, seed=2, episodes=7),
                         batch_episodes=batch)
 
-    one, batched = run(1), run(3)
+    one = run(1)
+    calls = []
+    original = model.predict_batch
+    model.predict_batch = lambda eps: calls.append(len(eps)) or original(eps)
+    batched = run(3)
+    del model.predict_batch
+    assert calls == [3, 3, 1]  # really batched: 7 episodes in chunks of 3
     assert batched.per_episode == one.per_episode and batched.fingerprint == one.fingerprint
     assert len(set(one.per_episode)) > 1  # an untrained model: episodes differ, so the check has teeth
     with pytest.raises(ValueError, match="batch_episodes"):
