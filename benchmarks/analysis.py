@@ -58,6 +58,7 @@ from mmnet_plugin.episodes import Episode, EpisodeSampler, IntOrRange  # noqa: E
 from mmnet_plugin.evaluation import EvaluationResult, evaluate  # noqa: E402
 from mmnet_plugin.models import MMNet  # noqa: E402
 from mmnet_plugin.training import Trainer, TrainConfig  # noqa: E402
+from mmnet_plugin.runtime import tune_cpu_allocator  # noqa: E402
 
 __all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size"]
 
@@ -703,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the analysis; returns the exit status."""
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -160,6 +160,9 @@ def device_description(device: torch.device) -> Dict[str, Any]:
         info["name"] = torch.cuda.get_device_name(idx)
         info["cuda"] = torch.version.cuda
     else:
+        from mmnet_plugin.runtime import cpu_allocator_state
+
+        info["cpu_allocator"] = cpu_allocator_state()
         info["name"] = platform.processor() or platform.machine()
         with contextlib.suppress(OSError):
             for line in Path("/proc/cpuinfo").read_text().splitlines():

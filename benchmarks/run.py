@@ -55,6 +55,7 @@ from mmnet_plugin.arguments import (
 from mmnet_plugin.data import DataNotFoundError, load_dataset
 from mmnet_plugin.episodes import EpisodeSampler
 from mmnet_plugin.evaluation import evaluate
+from mmnet_plugin.runtime import tune_cpu_allocator
 
 from benchmarks.common import (
     PeakMemory,
@@ -596,6 +597,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     output = Path(args.output) if args.output else Path("results") / f"benchmark-{args.dataset}"
+    tune_cpu_allocator()
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

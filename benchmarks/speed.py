@@ -33,6 +33,7 @@ import torch
 from mmnet_plugin.arguments import positive_int, resolve_device
 from mmnet_plugin.data import load_dataset
 from mmnet_plugin.episodes import EpisodeSampler
+from mmnet_plugin.runtime import tune_cpu_allocator
 
 from benchmarks.common import atomic_write_json, derive_seed, device_description, versions
 from benchmarks.methods import METHODS, MethodContext, MethodUnavailable
@@ -139,7 +140,8 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
 
 
 def report(res: Dict[str, Any]) -> str:
-    lines = [f"device {res['device']['type']} ({res['device']['name']}, {res['device']['torch_threads']} threads): "
+    alloc = f", allocator {res['device']['cpu_allocator']}" if "cpu_allocator" in res["device"] else ""
+    lines = [f"device {res['device']['type']} ({res['device']['name']}, {res['device']['torch_threads']} threads{alloc}): "
              f"{res['ways']}-way {res['shots']}-shot, {res['queries']} queries/class, {res['image_size']}x"
              f"{res['image_size']}, median of {res['rounds']} interleaved rounds over the same "
              f"{res['train_pool']} training and {res['test_pool']} test episodes "
@@ -194,6 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
     results = []
     for device in devices:
         res = measure(device, methods, args.ways, args.shots, args.queries, args.rounds,

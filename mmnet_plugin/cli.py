@@ -210,8 +210,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataNotFoundError
+    from .runtime import tune_cpu_allocator
     from .training import CheckpointError
 
+    tune_cpu_allocator()
     try:
         if args.command == "train":
             return _train(args)

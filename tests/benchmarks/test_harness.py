@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -58,6 +59,10 @@ def test_results_files_exist_and_parse(tiny_run):
     for key in ("python", "torch", "numpy", "easyfsl", "learn2learn"):
         assert run["versions"][key], key
     assert run["device"]["type"] == "cpu"
+    # the harness tunes the CPU allocator (mmnet_plugin.runtime) and records how
+    assert run["device"]["cpu_allocator"].startswith("glibc") or run["device"]["cpu_allocator"].startswith("default")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert run["device"]["cpu_allocator"].startswith("glibc")
     assert "commit" in run["git"]
     assert run["seeds"]["5w1s"]["train"] != run["seeds"]["5w1s"]["test"]
     rows = list(csv.DictReader((out / "results.csv").open()))
