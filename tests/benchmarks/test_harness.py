@@ -60,9 +60,8 @@ def test_results_files_exist_and_parse(tiny_run):
         assert run["versions"][key], key
     assert run["device"]["type"] == "cpu"
     # the harness tunes the CPU allocator (mmnet_plugin.runtime) and records how
-    assert run["device"]["cpu_allocator"].startswith("glibc") or run["device"]["cpu_allocator"].startswith("default")
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert run["device"]["cpu_allocator"].startswith("glibc")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert run["device"]["cpu_allocator"].startswith("glibc" if glibc else "default")
     assert "commit" in run["git"]
     assert run["seeds"]["5w1s"]["train"] != run["seeds"]["5w1s"]["test"]
     rows = list(csv.DictReader((out / "results.csv").open()))
