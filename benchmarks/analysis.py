@@ -63,6 +63,7 @@ from mmnet_plugin.runtime import tune_cpu_allocator  # noqa: E402
 __all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size"]
 
 PARTS = ("strategy", "dr", "tsne", "similarity", "ablations")
+ABLATION_GROUPS = ("components", "memory_slots", "decision", "similarity_scale", "filter_init_scale")
 FORMAT = "mmnet-plugin/analysis/1"
 Setting = Tuple[int, int]
 
@@ -154,12 +155,18 @@ def _one_setting(text: str) -> Setting:
     return settings[0]
 
 
-def _parts(text: str) -> List[str]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in parts if p not in PARTS]
-    if bad or not parts:
-        raise argparse.ArgumentTypeError(f"unknown part(s) {bad or text!r}; choose from {', '.join(PARTS)}")
-    return parts
+def _subset_of(choices: Sequence[str], what: str) -> Callable[[str], List[str]]:
+    """An argparse type: a comma-separated, non-empty subset of ``choices``."""
+    def parse(text: str) -> List[str]:
+        picked = [p.strip() for p in text.split(",") if p.strip()]
+        bad = [p for p in picked if p not in choices]
+        if bad or not picked:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {bad or text!r}; choose from {', '.join(choices)}")
+        return picked
+    return parse
+
+
+_parts = _subset_of(PARTS, "part")
 
 
 # ---------------------------------------------------------------------------- the analysis
@@ -537,7 +544,8 @@ class Analysis:
         plt.close(fig)
         self.results["parts"]["similarity"] = {"figure": "similarity.png", "classes": ep.class_ids, "stats": stats}
 
-    def ablation_groups(self) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+    @staticmethod
+    def ablation_groups() -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
         """Ablation groups: ``{group: [(label, MMNet overrides)]}``; the first of each is the
         reference (the full model with the analysis defaults)."""
         full = ("full MM-Net", {})
@@ -564,6 +572,8 @@ class Analysis:
         groups = {}
         lines = [f"All on {setting}, the same test episodes (fingerprint `{self.test_set(*test)[1][:16]}`).", ""]
         for group, variants in self.ablation_groups().items():
+            if group not in self.args.ablation_groups:
+                continue
             rows = []
             fig, ax = plt.subplots(figsize=(6, 4))
             for label, over in variants:
@@ -688,6 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation-setting", type=_one_setting, default=None,
                         help="C-way k-shot setting the ablations are trained and tested on (default 20w1s on "
                              "omniglot, where 5-way saturates; 5w5s elsewhere)")
+    parser.add_argument("--ablation-groups", type=_subset_of(ABLATION_GROUPS, "ablation group"),
+                        default=list(ABLATION_GROUPS),
+                        help=f"comma-separated subset of {','.join(ABLATION_GROUPS)} (default all); each group "
+                             "trains its reference (the full model) too, or reuses it")
     parser.add_argument("--tsne-images", type=positive_int, default=30,
                         help="other images per class embedded for t-SNE (default 30)")
     parser.add_argument("--parts", type=_parts, default=list(PARTS),

@@ -142,3 +142,22 @@ def test_ablation_setting_option() -> None:
     for bad in ("5w1s,5w5s", "twenty"):
         with pytest.raises(SystemExit):
             analysis.build_parser().parse_args(["--ablation-setting", bad])
+
+
+def test_ablation_groups_option_runs_only_the_named_groups(tmp_path: Path) -> None:
+    parser = analysis.build_parser()
+    assert parser.parse_args([]).ablation_groups == list(analysis.ABLATION_GROUPS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ablation-groups", "components,nope"])
+    out = tmp_path / "subset"
+    assert analysis.main(TINY + ["--output", str(out), "--parts", "ablations",
+                                 "--ablation-groups", "decision"]) == 0
+    groups = _results(out)["parts"]["ablations"]["groups"]
+    assert list(groups) == ["decision"]
+    assert [r["variant"] for r in groups["decision"]["rows"]] == ["nearest", "class_mass"]
+    assert len(list((out / "models").glob("*.pt"))) == 2  # the reference and the one variant, nothing else
+    assert (out / "curves_decision.png").is_file() and not (out / "curves_components.png").exists()
+
+
+def test_ablation_group_names_match_the_groups_built() -> None:
+    assert tuple(analysis.Analysis.ablation_groups()) == analysis.ABLATION_GROUPS
