@@ -161,3 +161,18 @@ def test_ablation_groups_option_runs_only_the_named_groups(tmp_path: Path) -> No
 
 def test_ablation_group_names_match_the_groups_built() -> None:
     assert tuple(analysis.Analysis.ablation_groups()) == analysis.ABLATION_GROUPS
+
+
+@pytest.mark.parametrize("steps,expected,absent", [
+    (1, "pipeline check, not evidence", "Short budget"),
+    (250, "Short budget.** 4,000 training episodes per model is about 1.2%", "not evidence"),
+    (20000, "Budget: 20000 steps", "Short budget"),
+])
+def test_report_says_how_far_the_budget_goes(tmp_path: Path, steps: int, expected: str, absent: str) -> None:
+    args = analysis.build_parser().parse_args(TINY + ["--steps", str(steps), "--output", str(tmp_path)])
+    a = analysis.Analysis.__new__(analysis.Analysis)  # the report alone: no data, no training
+    a.args, a.out, a.batch_episodes, a.device = args, tmp_path, 16, torch.device("cpu")
+    a.results = {"test_fingerprints": {}, "parts": {}}
+    a.write_report()
+    report = (tmp_path / "report.md").read_text()
+    assert expected in report and absent not in report
