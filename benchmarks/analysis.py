@@ -532,7 +532,11 @@ class Analysis:
             s, q = self._embed(tm, ep)
             sim = (q @ s.T)[qo][:, so]                                   # [25 query, 25 support]
             same = ep.query_y.numpy()[qo][:, None] == ep.support_y.numpy()[so][None, :]
-            stats[title] = {"mean_same_class": float(sim[same].mean()), "mean_other_class": float(sim[~same].mean())}
+            # the decision compares similarities within a query's row only: standardise each row to see the
+            # contrast the decision sees, free of the model's scale and of each query's norm
+            z = (sim - sim.mean(axis=1, keepdims=True)) / (sim.std(axis=1, keepdims=True) + 1e-12)
+            stats[title] = {"mean_same_class": float(sim[same].mean()), "mean_other_class": float(sim[~same].mean()),
+                            "row_z_same_class": float(z[same].mean()), "row_z_other_class": float(z[~same].mean())}
             im = ax.imshow(sim, cmap="viridis")
             for edge in range(5, 25, 5):  # class boundaries
                 ax.axhline(edge - 0.5, color="w", lw=0.6)
@@ -677,7 +681,12 @@ class Analysis:
                     + "; ".join(f"{k} {v['mean_same_class']:.3f} / {v['mean_other_class']:.3f}" for k, v in st.items())
                     + ". The panels are raw dot products f(q) . g(x) of each model's embeddings (MM-Net's scores "
                       "multiply them by s; Matching Networks scores with cosine on normalised support features), so "
-                      "the scales differ: compare the contrast within each panel, not values across panels. One "
+                      "the scales differ: compare the contrast within each panel, not values across panels. "
+                      "Each query row also has its own level (the query's norm), which no decision sees; with every "
+                      "row standardised (mean 0, standard deviation 1), the mean same-class / other-class value is "
+                    + "; ".join(f"{k} {v['row_z_same_class']:.2f} / {v['row_z_other_class']:.2f}"
+                                for k, v in st.items() if "row_z_same_class" in v)
+                    + " (comparable across models: higher same-class values mean a sharper block diagonal). One "
                       "episode: no interval.", ""]
         if "ablations" in p and "table" in p["ablations"]:
             out += ["## Ablations", "",

@@ -80,6 +80,10 @@ def test_tsne_and_similarity_figures(run_all: Path) -> None:
     parts = _results(run_all)["parts"]
     assert parts["tsne"]["images"] == 5 * (5 + 6)
     assert set(parts["similarity"]["stats"]) == {"MM-Net", "Matching Networks"}
+    for st in parts["similarity"]["stats"].values():
+        # rows standardised: per row 5 same-class and 20 other-class entries sum to 0
+        assert abs(st["row_z_same_class"] + 4 * st["row_z_other_class"]) < 1e-6
+        assert st["row_z_same_class"] != 0.0
 
 
 def test_ablations_tables_and_curves(run_all: Path) -> None:
