@@ -585,7 +585,11 @@ class Analysis:
             for label, over in variants:
                 tm = self.train(f"{group}: {label}", "mmnet", *test, [test], self.mmnet_options(**over))
                 r = tm.record["tests"][setting]
-                rows.append({"variant": label, "overrides": over, **r})
+                row = {"variant": label, "overrides": over, **r}
+                log_scale = getattr(tm.model, "log_scale", None)
+                if log_scale is not None:  # where a learned s ended up
+                    row["learned_scale"] = float(log_scale.detach().exp())
+                rows.append(row)
                 hist = tm.record["history"]
                 ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=label)
             ax.set_xlabel("training step")
@@ -601,7 +605,8 @@ class Analysis:
                 cmp = "reference" if i == 0 else ("CIs overlap" if _overlap(r, ref) else
                                                   ("higher, CIs apart" if r["accuracy"] > ref["accuracy"]
                                                    else "lower, CIs apart"))
-                lines.append(f"| {r['variant']} | {_pct(r)} | {cmp} |")
+                ended = f" (s ended at {r['learned_scale']:.3f})" if "learned_scale" in r else ""
+                lines.append(f"| {r['variant']}{ended} | {_pct(r)} | {cmp} |")
             lines += ["", f"Training curves: `curves_{group}.png`", ""]
             groups[group] = {"rows": rows, "figure": f"curves_{group}.png"}
         table = "\n".join(lines)

@@ -95,6 +95,9 @@ def test_ablations_tables_and_curves(run_all: Path) -> None:
         assert all(r["fingerprint"] == fp for r in g["rows"])
     text = (run_all / "ablations.md").read_text()
     assert "without contextual learner" in text and fp[:16] in text
+    learned = {r["variant"]: r.get("learned_scale") for r in groups["similarity_scale"]["rows"]}
+    assert learned["s = 0.125"] is None and learned["s = 1.0"] is None  # fixed scales record nothing
+    assert learned["s learned"] > 0 and f"s learned (s ended at {learned['s learned']:.3f})" in text
 
 
 def test_report_states_budget_and_claims(run_all: Path) -> None:
