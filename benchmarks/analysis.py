@@ -696,8 +696,9 @@ class Analysis:
         if "ablations" in p and "table" in p["ablations"]:
             out += ["## Ablations", "",
                     "Claims: memory read, the contextual learner and the factorized query branch each help; "
-                    "M = one slot per support item, the nearest-neighbour decision, s = 0.125 and the default "
-                    "filter init are the paper's choices. \"CIs overlap\" means no difference was shown.", "",
+                    "M = one slot per support item and the nearest-neighbour decision are the paper's choices; "
+                    "s = 0.125 and the filter init 1.0 are ours (the paper's raw dot product is s = 1). "
+                    "\"CIs overlap\" means no difference was shown.", "",
                     p["ablations"]["table"], ""]
         _atomic_write_text(self.out / "report.md", "\n".join(out) + "\n")
 

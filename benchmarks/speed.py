@@ -140,8 +140,9 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
 
 
 def report(res: Dict[str, Any]) -> str:
-    alloc = f", allocator {res['device']['cpu_allocator']}" if "cpu_allocator" in res["device"] else ""
-    lines = [f"device {res['device']['type']} ({res['device']['name']}, {res['device']['torch_threads']} threads{alloc}): "
+    dev = res["device"]
+    alloc = f", allocator {dev['cpu_allocator']}" if "cpu_allocator" in dev else ""
+    lines = [f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads{alloc}): "
              f"{res['ways']}-way {res['shots']}-shot, {res['queries']} queries/class, {res['image_size']}x"
              f"{res['image_size']}, median of {res['rounds']} interleaved rounds over the same "
              f"{res['train_pool']} training and {res['test_pool']} test episodes "

@@ -1,0 +1,36 @@
+"""``benchmarks/speed.py`` on a tiny configuration: it runs, reports both targets and writes
+its measurements (the timings themselves are a benchmark, not checked here)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+pytest.importorskip("easyfsl")
+
+from benchmarks import speed  # noqa: E402
+
+
+def test_speed_reports_targets_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "speed.json"
+    assert speed.main(["--device", "cpu", "--methods", "protonet,mmnet", "--rounds", "1", "--queries", "2",
+                       "--test-episodes", "2", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "target MM-Net training step <= 1.5x ProtoNet's" in printed
+    res = json.loads(out.read_text())["results"][0]
+    ms = res["methods"]
+    assert ms["mmnet"]["episodes_per_step"] == 16 and ms["protonet"]["episodes_per_step"] == 1
+    assert ms["protonet"]["train_ratio_to_protonet"] == pytest.approx(1.0)
+    assert ms["mmnet"]["train_ms_per_episode"] > 0 and ms["mmnet"]["test_ms_per_episode"] > 0
+    assert res["train_pool"] == 16 and len(res["train_fingerprint"]) == 64
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert res["device"]["cpu_allocator"].startswith("glibc" if glibc else "default")
+    assert f"allocator {res['device']['cpu_allocator']}" in printed
