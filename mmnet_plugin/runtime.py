@@ -3,11 +3,12 @@
 Training on the CPU allocates and frees the same large activation buffers every step (a
 16-episode 5-way 1-shot MM-Net batch makes 257 MB feature maps in the first Conv-4 block).
 glibc serves every allocation over 32 MB with a fresh ``mmap`` and unmaps it on free, so each
-step page-faults all of that memory in again: measured with one thread on the project's
-2-core CPU, forward and backward of Conv-4 over 1,280 28x28 images cost 2.9-3.6 ms per image
-with glibc's defaults and 1.6-1.7 ms after :func:`tune_cpu_allocator` -- the same as over 80
-images, whose buffers stay small. The zero-filling of max-pool's backward alone went from
-0.51 s to nothing measurable per step.
+step page-faults all of that memory in again. Measured with one thread on the project's
+2-core CPU (another single-threaded job on the second core; three rounds after a warm-up),
+forward and backward of Conv-4 cost per image: over 1,280 28x28 images 2.9-3.1 ms with
+glibc's defaults and 1.6-2.2 ms after :func:`tune_cpu_allocator`; over 80 images, whose
+buffers stay small, 1.5-2.0 and 1.5-1.8 ms. In a profiled 16-episode MM-Net step the
+zero-filling (max-pool's backward) went from 0.33 s to 0.04 s.
 
 :func:`tune_cpu_allocator` asks glibc to serve large blocks from the heap and to keep freed
 heap memory (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``), so a step

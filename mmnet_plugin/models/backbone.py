@@ -46,8 +46,8 @@ def conv_block(in_ch: int, out_ch: int, bias: bool = False) -> nn.Sequential:
     the same input element; outputs and first-order gradients are bit-identical), and pooling
     first rectifies a quarter of the values. Second-order gradients (MAML) go through a
     different graph and may differ in float rounding. Measured with one thread on the
-    project's 2-core CPU, forward and backward of Conv-4 over 80 28x28 images: 1.8 ms per
-    image in the written order, 1.7 ms this way.
+    project's 2-core CPU (three rounds after a warm-up), forward and backward of Conv-4 over
+    80 28x28 images: 1.75-1.95 ms per image in the written order, 1.63-1.72 ms this way.
 
     Args:
         in_ch: input channels.

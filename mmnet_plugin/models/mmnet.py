@@ -148,8 +148,8 @@ class MMNet(nn.Module):
             1/8 against 78.6 +- 2.3% at 1; real Omniglot in the design prototype: 87.4 against
             84.0%). Pass ``similarity_scale=1.0`` for the paper's raw dot product.
         learned_scale_init: initial ``s`` when ``similarity_scale="learned"``. Adam at the
-            trainer's learning rate (1e-3) moves ``log s`` by about 0.001 a step, so ``s`` stays
-            near its start for thousands of steps (measured: from 1.0 to 0.988 in 100 steps on
+            trainer's learning rate (1e-3) moves ``log s`` by at most about 0.001 a step, so ``s``
+            stays near its start for thousands of steps (measured: from 1.0 to 0.988 in 100 steps on
             Omniglot 20-way 1-shot, scoring like a fixed ``s = 1``); start it where you want it.
         decision: ``"nearest"`` (the paper: the label of the most similar support item;
             class score = max similarity over the class's items) or ``"class_mass"`` (class
