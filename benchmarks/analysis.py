@@ -60,7 +60,7 @@ from mmnet_plugin.models import MMNet  # noqa: E402
 from mmnet_plugin.training import Trainer, TrainConfig  # noqa: E402
 from mmnet_plugin.runtime import tune_cpu_allocator  # noqa: E402
 
-__all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size"]
+__all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size", "row_standardised_contrast"]
 
 PARTS = ("strategy", "dr", "tsne", "similarity", "ablations")
 PIPELINE_CHECK_EPISODES = 1000  # below this many training episodes per model, the report says "not evidence"
@@ -129,6 +129,24 @@ def _pct(r: Dict[str, Any]) -> str:
 def _overlap(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     """Whether the two 95% intervals overlap."""
     return abs(a["accuracy"] - b["accuracy"]) <= a["ci95"] + b["ci95"]
+
+
+def row_standardised_contrast(sim: np.ndarray, same: np.ndarray) -> Tuple[float, float]:
+    """Mean same-class and other-class similarity after standardising each query's row.
+
+    A nearest-item decision compares similarities within a query's row only, so each row is
+    set to mean 0 and standard deviation 1 first: the result is free of the model's scale and
+    of each query's norm, and comparable across models.
+
+    Args:
+        sim: ``[n_query, n_support]`` similarities.
+        same: boolean mask of the same shape, true where query and support share a class.
+
+    Returns:
+        ``(mean over same-class entries, mean over other-class entries)``.
+    """
+    z = (sim - sim.mean(axis=1, keepdims=True)) / (sim.std(axis=1, keepdims=True) + 1e-12)
+    return float(z[same].mean()), float(z[~same].mean())
 
 
 def _setting(ways: IntOrRange, shots: IntOrRange) -> str:
@@ -532,11 +550,9 @@ class Analysis:
             s, q = self._embed(tm, ep)
             sim = (q @ s.T)[qo][:, so]                                   # [25 query, 25 support]
             same = ep.query_y.numpy()[qo][:, None] == ep.support_y.numpy()[so][None, :]
-            # the decision compares similarities within a query's row only: standardise each row to see the
-            # contrast the decision sees, free of the model's scale and of each query's norm
-            z = (sim - sim.mean(axis=1, keepdims=True)) / (sim.std(axis=1, keepdims=True) + 1e-12)
+            z_same, z_other = row_standardised_contrast(sim, same)
             stats[title] = {"mean_same_class": float(sim[same].mean()), "mean_other_class": float(sim[~same].mean()),
-                            "row_z_same_class": float(z[same].mean()), "row_z_other_class": float(z[~same].mean())}
+                            "row_z_same_class": z_same, "row_z_other_class": z_other}
             im = ax.imshow(sim, cmap="viridis")
             for edge in range(5, 25, 5):  # class boundaries
                 ax.axhline(edge - 0.5, color="w", lw=0.6)

@@ -183,3 +183,16 @@ def test_report_says_how_far_the_budget_goes(tmp_path: Path, steps: int, expecte
     a.write_report()
     report = (tmp_path / "report.md").read_text()
     assert expected in report and absent not in report
+
+
+def test_row_standardised_contrast_works_per_query_row() -> None:
+    import numpy as np
+
+    same = np.array([[True, False, False], [False, True, False]])
+    # row 1 is row 0 scaled by 100 and shifted: per row, the same contrast
+    sim = np.array([[3.0, 1.0, 2.0], [100.0, 300.0, 200.0]]) + np.array([[0.0], [50.0]])
+    z_same, z_other = analysis.row_standardised_contrast(sim, same)
+    assert z_same == pytest.approx(np.sqrt(1.5)) and z_other == pytest.approx(-np.sqrt(1.5) / 2)
+    # standardising columns instead would mix the rows' scales and give another answer
+    zc = (sim - sim.mean(0)) / sim.std(0)
+    assert abs(zc[same].mean() - z_same) > 0.1
