@@ -66,8 +66,10 @@ def episode_depthwise_conv(
     grouped = padded.transpose(0, 1).reshape(n_max, b * c, *x.shape[2:])
     out = F.conv2d(grouped, filters.reshape(b * c, 1, *filters.shape[3:]), padding=padding, groups=b * c)
     out = out.reshape(n_max, b, c, *out.shape[2:]).transpose(0, 1)          # [B, Nq_max, C, H', W']
-    keep = torch.arange(n_max, device=x.device).unsqueeze(0) < torch.tensor(counts, device=x.device).unsqueeze(1)
-    return out[keep]
+    # real rows by index, computed on the host from the counts (a boolean mask would make
+    # the device report how many rows it kept: a host synchronisation on a GPU)
+    keep = torch.tensor([e * n_max + i for e, n in enumerate(counts) for i in range(n)], device=x.device)
+    return out.reshape(b * n_max, *out.shape[2:]).index_select(0, keep)
 
 
 class FactorizedConvBlock(nn.Module):

@@ -8,9 +8,21 @@ The model, following DESIGN.md "MM-Net, as built here" (symbols of the paper):
   ``g(x_n) = Tc c_n + z_n`` (shortcut connection).
 * Contextual learner: a bi-LSTM (``Dr`` = 512) over the used memory keys, then ``Tp``,
   gives ``W``: 576 depthwise filter numbers per episode.
-* Query branch ``f``: the first three blocks of the *same* Conv-4 (shared weights), then
-  the factorized fourth block (1x1 conv, 3x3 depthwise conv with ``W``, 1x1 conv, BN,
-  ReLU, max-pool), flattened to ``Dz``.
+* Query branch ``f``, two forms (``query_branch``):
+
+  - ``"residual"`` (default): ``f(q) = g0(q) + alpha * F_W(h_q)``, the whole backbone
+    (shared with the support branch) plus a gated residual: ``F_W`` is the factorized
+    block below on the trunk features ``h_q`` (first three blocks), ``alpha`` a learned
+    per-channel gate that starts at 0. At step 0 the model *is* the symmetric model
+    (``f = g0``, one embedding space for queries and supports) and the support-conditioned
+    branch can only be added by training. The contextual learner reads LayerNorm'd keys
+    and its ``Tp`` has no bias, so every number of ``W`` depends on the memory.
+  - ``"paper"``: the paper's description taken literally: the first three blocks of the
+    same Conv-4, then the factorized block *instead of* the fourth block, with its own
+    batch norm, trained by the queries only; ``Tp``'s bias starts as a static filter.
+
+  The factorized block: 1x1 conv, 3x3 depthwise conv with ``W``, 1x1 conv, BN, ReLU,
+  max-pool, flattened to ``Dz``.
 * Matching: ``P_n = s * f(q) . g(x_n)`` for each support item ``n``.
 * Loss: Eq. 8 written out, ``-sum_{n: y_n = y_q} log softmax_n(P_q)`` per query, averaged
   over the queries of an episode and then over the episodes.
@@ -21,13 +33,23 @@ support position for all episodes, one packed LSTM call, one grouped convolution
 predicted filters, one padded ``bmm`` for the similarities.
 
 Batch norm is standard PyTorch: batch statistics in training (computed over all images of
-the batch: support and query images of all episodes in blocks 1-3), running statistics in
-``eval()``. Results of a batch equal those of its episodes one by one only in ``eval()``.
+the batch: support and query images of all episodes in blocks 1-3, and in block 4 too in
+the residual form), running statistics in ``eval()``. Results of a batch equal those of
+its episodes one by one only in ``eval()``.
+
+Why the residual form is the default: measured in this repository (README, "MM-Net's own
+parts"), the paper form's query branch scored below the model without a query branch,
+because the dot product must align two independently initialised spaces (the support's
+fourth block and the query's factorized block); the residual form starts from the model
+without a query branch. The figures and the val-split comparison behind the default are in
+the README.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -41,9 +63,10 @@ from .contextual import ContextualLearner
 from .factorized import FactorizedConvBlock
 from .memory import MemoryState, read_memory, write_memory
 
-__all__ = ["MMNet", "MMNetOutput", "DECISIONS"]
+__all__ = ["MMNet", "MMNetOutput", "DECISIONS", "QUERY_BRANCHES"]
 
 DECISIONS = ("nearest", "class_mass")
+QUERY_BRANCHES = ("residual", "paper")
 EpisodesLike = Union[Episode, Sequence[Episode]]
 
 
@@ -161,10 +184,10 @@ class MMNet(nn.Module):
             (like :func:`conv_block`), so that ``f`` and ``g`` have the same ``Dz``; this is
             checked with a dry run at construction.
         filter_init_scale: factor on ``Tp``'s default weight init: how strongly the
-            predicted filters depend on the support set at step 0 (``Tp``'s bias starts as
-            a default depthwise-conv init, so every episode starts near one ordinary
-            depthwise filter bank; see :mod:`~mmnet_plugin.models.contextual` for the
-            measured magnitudes behind the default 1.0).
+            predicted filters depend on the support set at step 0 (in the paper form
+            ``Tp``'s bias starts as a default depthwise-conv init, so every episode starts
+            near one ordinary depthwise filter bank; see
+            :mod:`~mmnet_plugin.models.contextual` for the measured magnitudes).
         shuffle_support: shuffle the write order of each episode in training mode, with
             the model's own ``torch.Generator`` (seeded by ``shuffle_seed``; its state is
             saved in ``state_dict``). Off by default because
@@ -177,6 +200,9 @@ class MMNet(nn.Module):
         use_query_branch: ablation; ``False`` sends queries through ``g0``'s own fourth
             block, so ``f = g0`` and no filters are predicted (``use_contextual_learner`` is
             then moot).
+        query_branch: the form of the query branch, ``"residual"`` (default) or
+            ``"paper"`` (see the module docstring). Both share the first three blocks with
+            ``g0`` and predict the same 576 filter numbers per episode.
 
     Raises:
         ValueError: for any invalid setting, naming it.
@@ -199,6 +225,7 @@ class MMNet(nn.Module):
         use_contextual_learner: bool = True,
         use_query_branch: bool = True,
         learned_scale_init: float = 1.0,
+        query_branch: str = "residual",
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("image_size", image_size), ("dm", dm), ("dr", dr)):
@@ -208,6 +235,10 @@ class MMNet(nn.Module):
             raise ValueError(f"memory_slots must be a positive integer or None; got {memory_slots!r}")
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}; got {decision!r}")
+        if query_branch not in QUERY_BRANCHES:
+            raise ValueError(f"query_branch must be one of {QUERY_BRANCHES}; got {query_branch!r}")
+        self.query_branch = query_branch
+        self.learned_scale_init = float(learned_scale_init)
         self.in_channels, self.image_size = in_channels, image_size
         self.dm, self.dr = dm, dr
         self.memory_slots = memory_slots
@@ -250,12 +281,18 @@ class MMNet(nn.Module):
         needs_memory = self.use_memory_read or self.use_contextual_learner
         self.tz: Optional[nn.Linear] = nn.Linear(self.dz, dm, bias=False) if needs_memory else None
         self.tc: Optional[nn.Linear] = nn.Linear(dm, self.dz, bias=False) if self.use_memory_read else None
+        residual = query_branch == "residual"
         self.contextual: Optional[ContextualLearner] = (
-            ContextualLearner(dm, dr, c4, 3, filter_init_scale) if self.use_contextual_learner else None
+            ContextualLearner(dm, dr, c4, 3, filter_init_scale, input_norm=residual, static_bias=not residual)
+            if self.use_contextual_learner else None
         )
         self.query_block: Optional[FactorizedConvBlock] = (
             FactorizedConvBlock(c3, c4, 3, static_filters=not self.use_contextual_learner)
             if self.use_query_branch else None
+        )
+        # the residual form's gate alpha, per channel, from 0: f = g0 at step 0
+        self.query_gate: Optional[nn.Parameter] = (
+            nn.Parameter(torch.zeros(c4)) if self.use_query_branch and residual else None
         )
         self._generator = torch.Generator().manual_seed(self.shuffle_seed)
 
@@ -376,11 +413,11 @@ class MMNet(nn.Module):
         for block in list(self.backbone.blocks)[:3]:
             h = block(h)
         n_s = sum(n_support)
-        if self.use_query_branch:
+        if self.query_block is not None and self.query_gate is None:     # paper form
             z = self.backbone.blocks[3](h[:n_s]).flatten(1)
-        else:
-            z_all = self.backbone.blocks[3](h).flatten(1)
-            z, fq = z_all[:n_s], z_all[n_s:]
+        else:                                                             # residual form, or f = g0
+            z_maps = self.backbone.blocks[3](h)
+            z, fq = z_maps[:n_s].flatten(1), z_maps[n_s:]
 
         z_pad = pad_sequence(list(torch.split(z, n_support)), batch_first=True)            # [B, Ns, Dz]
         sy = pad_sequence([e.support_y.to(device) for e in eps], batch_first=True, padding_value=-1)
@@ -408,9 +445,14 @@ class MMNet(nn.Module):
             hq = h[n_s:]
             if self.contextual is not None:
                 filters = self.contextual(memory.keys, memory.n_used)
-                fq = self.query_block(hq, filters, n_query).flatten(1)
+                branch = self.query_block(hq, filters, n_query)
             else:
-                fq = self.query_block(hq).flatten(1)
+                branch = self.query_block(hq)
+            if self.query_gate is not None:                               # f = g0(q) + alpha F_W(h_q)
+                fq = fq + self.query_gate.view(1, -1, 1, 1) * branch
+            else:
+                fq = branch
+        fq = fq.flatten(1)
         f_pad = pad_sequence(list(torch.split(fq, n_query)), batch_first=True)             # [B, Nq, Dz]
         nq_max = f_pad.shape[1]
         query_mask = torch.arange(nq_max, device=device).unsqueeze(0) < torch.tensor(n_query, device=device).unsqueeze(1)
@@ -509,10 +551,98 @@ class MMNet(nn.Module):
         out = self.forward_batch(eps)
         return out.episode_losses().mean(), out.accuracies()
 
+    # ------------------------------------------------------------------ saving and loading
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The constructor arguments that rebuild this model (all but ``backbone``), as plain
+        values: what ``mmnet train`` stores in a checkpoint's ``model_config``."""
+        return {
+            "in_channels": self.in_channels, "image_size": self.image_size, "dm": self.dm, "dr": self.dr,
+            "memory_slots": self.memory_slots,
+            "similarity_scale": "learned" if self.log_scale is not None else self.fixed_scale,
+            "learned_scale_init": self.learned_scale_init, "decision": self.decision,
+            "filter_init_scale": self.filter_init_scale, "shuffle_support": self.shuffle_support,
+            "shuffle_seed": self.shuffle_seed, "use_memory_read": self.use_memory_read,
+            "use_contextual_learner": self.use_contextual_learner, "use_query_branch": self.use_query_branch,
+            "query_branch": self.query_branch,
+        }
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Union[str, "os.PathLike[str]"],
+        map_location: Union[str, torch.device] = "cpu",
+        backbone: Optional[nn.Module] = None,
+    ) -> "MMNet":
+        """Load a trained model from a checkpoint of ``mmnet train`` / :class:`~mmnet_plugin.Trainer`.
+
+        The file is read with ``torch.load(weights_only=True)`` (no code runs from it). The
+        model is rebuilt from the checkpoint's ``model_config`` and its weights loaded
+        strictly. Checkpoints written before the ``query_branch`` option existed hold the
+        paper form's weights and are rebuilt as ``query_branch="paper"``.
+
+        Args:
+            path: the checkpoint file.
+            map_location: where to put the weights (``"cpu"``, ``"cuda"``, ...).
+            backbone: the custom backbone the model was trained with, if not Conv-4
+                (its weights come from the checkpoint).
+
+        Returns:
+            The model, in ``eval()`` mode.
+
+        Raises:
+            CheckpointError: if the file is missing, truncated or not a checkpoint, holds no
+                model configuration, names options this version does not know, or holds
+                weights that do not fit its configuration; the message names the file.
+        """
+        from ..training import CheckpointError, load_checkpoint
+
+        state = load_checkpoint(path, map_location=map_location)
+        config = state.get("model_config")
+        if not isinstance(config, dict) or not config:
+            raise CheckpointError(
+                f"{path} holds no model configuration, so the model cannot be rebuilt; build the MMNet "
+                "yourself with the options it was trained with and call load_state_dict(state['model'])"
+            )
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise CheckpointError(
+                f"{path}: unknown model option(s) {', '.join(unknown)} in its configuration; it was written "
+                "by another version of mmnet-plugin (install that version) or edited by hand"
+            )
+        weights = state["model"]
+        config = dict(config)
+        if ("query_branch" not in config and config.get("use_query_branch", True)
+                and not any(k == "query_gate" for k in weights)):
+            config["query_branch"] = "paper"          # written before the residual form existed
+        try:
+            model = cls(**config, backbone=backbone)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its model configuration {config} is invalid: {exc}") from None
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"{path}: the weights do not fit its model configuration ({first}); the checkpoint was "
+                "edited or written by other code"
+            ) from None
+        if missing or unexpected:
+            def few(keys: List[str]) -> str:
+                return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") or "none"
+
+            raise CheckpointError(
+                f"{path}: the weights do not fit its model configuration (missing: {few(list(missing))}; "
+                f"unexpected: {few(list(unexpected))}); the checkpoint was edited or written by other code"
+            )
+        model.to(map_location)
+        return model.eval()
+
     def extra_repr(self) -> str:
         scale = "learned" if self.log_scale is not None else self.fixed_scale
         return (f"in_channels={self.in_channels}, image_size={self.image_size}, dz={self.dz}, dm={self.dm}, "
                 f"dr={self.dr}, memory_slots={self.memory_slots}, similarity_scale={scale}, "
                 f"decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
                 f"use_memory_read={self.use_memory_read}, use_contextual_learner={self.use_contextual_learner}, "
-                f"use_query_branch={self.use_query_branch}")
+                f"use_query_branch={self.use_query_branch}, query_branch={self.query_branch!r}")

@@ -60,3 +60,25 @@ def test_factorized_block_shapes_and_modes():
     assert static(x).shape == (6, 4, 1, 1)
     with pytest.raises(ValueError, match="static"):
         static(x, torch.randn(1, 4, 1, 3, 3))
+
+
+@pytest.mark.parametrize("input_norm,static_bias", [(False, True), (True, False)])
+def test_sync_free_lstm_equals_the_packed_one(input_norm, static_bias):
+    """The padded two-layout LSTM (no host sync, for GPUs) gives the packed LSTM's numbers,
+    and its gradients."""
+    torch.manual_seed(0)
+    packed = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias,
+                               sync_free=False)
+    padded = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias,
+                               sync_free=True)
+    padded.load_state_dict(packed.state_dict())
+    n_used = torch.tensor([2, 7, 1, 4])
+    keys = torch.randn(4, 7, 6) * (torch.arange(7) < n_used.unsqueeze(1)).unsqueeze(2)
+    keys_a, keys_b = keys.clone().requires_grad_(), keys.clone().requires_grad_()
+    wa, wb = packed(keys_a, n_used), padded(keys_b, n_used)
+    assert torch.allclose(wa, wb, atol=1e-6)
+    wa.square().sum().backward()
+    wb.square().sum().backward()
+    assert torch.allclose(keys_a.grad, keys_b.grad, atol=1e-6)
+    assert (keys_b.grad[0, 2:] == 0).all()  # unused slots do not take part
+    assert (static_bias and packed.tp.bias is not None) or (not static_bias and packed.tp.bias is None)

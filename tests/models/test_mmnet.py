@@ -48,8 +48,12 @@ def test_shapes_of_memory_read_and_shortcut():
     assert torch.linalg.matrix_rank(c_part) >= 1
 
 
-def test_predicted_filters_and_query_embedding_follow_the_support_set():
-    model = tiny().eval()
+@pytest.mark.parametrize("form", ["residual", "paper"])
+def test_predicted_filters_and_query_embedding_follow_the_support_set(form):
+    model = tiny(query_branch=form).eval()
+    if form == "residual":
+        with torch.no_grad():
+            model.query_gate.fill_(0.5)  # the gate starts closed (tested below); open it
     a, b = make_episode(5, 1, 2, 0), make_episode(5, 1, 2, 1)
     b = Episode(b.support_x, b.support_y, a.query_x, a.query_y)  # same queries, other support
     out_a, out_b = model.forward_batch(a), model.forward_batch(b)
@@ -57,15 +61,59 @@ def test_predicted_filters_and_query_embedding_follow_the_support_set():
     assert not torch.allclose(out_a.query_embeddings, out_b.query_embeddings)
 
 
-def test_every_parameter_gets_a_gradient():
-    model = tiny(similarity_scale="learned").train()
+def test_residual_form_starts_as_the_symmetric_model():
+    """Gate at 0: f = g0 exactly, so queries and supports share one embedding space."""
+    torch.manual_seed(0)
+    model = tiny().eval()
+    assert model.query_branch == "residual" and torch.equal(model.query_gate, torch.zeros(64))
+    assert model.contextual.tp.bias is None and model.contextual.norm is not None
+    torch.manual_seed(0)
+    plain = tiny(use_query_branch=False).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    eps = [make_episode(3, 2, 2, 0), make_episode(5, 1, 1, 1)]
+    out, ref = model.forward_batch(eps), plain.forward_batch(eps)
+    assert torch.allclose(out.query_embeddings[0, :6], model.backbone(eps[0].query_x), atol=1e-6)
+    assert torch.allclose(out.similarities, ref.similarities, atol=1e-6)
+    # in training mode too (block 4's batch norm sees supports and queries, as without the branch)
+    model.train(), plain.train()
+    assert torch.allclose(model.forward_batch(eps).similarities, plain.forward_batch(eps).similarities, atol=1e-5)
+
+
+def test_residual_filters_depend_on_the_memory_far_more_than_the_paper_forms():
+    """Between-episode spread of the predicted filters relative to their size, at init:
+    the paper form's static bias and unit-norm LSTM inputs leave the support set ~0.2% of
+    the filter (0.7% on Omniglot); LayerNorm'd keys and no bias give it ~20x more."""
+    eps = [make_episode(5, 1, 1, s) for s in range(8)]
+
+    def spread(form):
+        with torch.no_grad():
+            f = tiny(query_branch=form, dm=512, dr=512).eval().forward_batch(eps).filters.flatten(1)
+        return float((f - f.mean(0)).pow(2).mean().sqrt() / f.pow(2).mean().sqrt())
+
+    assert spread("residual") > 10 * spread("paper")
+
+
+@pytest.mark.parametrize("form", ["residual", "paper"])
+def test_every_parameter_gets_a_gradient(form):
+    model = tiny(similarity_scale="learned", query_branch=form).train()
     loss = model.loss([make_episode(3, 2, 2, 0), make_episode(4, 1, 2, 1)])
     loss.backward()
     names = [n for n, _ in model.named_parameters()]
-    for part in ("backbone.blocks.0.0.weight", "backbone.blocks.3.1.bias", "tz.weight", "tc.weight",
-                 "contextual.lstm.weight_hh_l0_reverse", "contextual.tp.bias", "query_block.pointwise_in.weight",
-                 "query_block.pointwise_out.weight", "query_block.bn.weight", "log_scale"):
+    parts = ["backbone.blocks.0.0.weight", "backbone.blocks.3.1.bias", "tz.weight", "tc.weight",
+             "contextual.lstm.weight_hh_l0_reverse", "query_block.pointwise_in.weight",
+             "query_block.pointwise_out.weight", "query_block.bn.weight", "log_scale"]
+    parts += ["query_gate", "contextual.norm.weight"] if form == "residual" else ["contextual.tp.bias"]
+    for part in parts:
         assert part in names
+    if form == "residual":
+        # closed gate: only the gate itself learns about the branch at step 0 ...
+        assert model.query_gate.grad.abs().sum() > 0
+        assert model.query_block.pointwise_in.weight.grad.abs().sum() == 0
+        # ... and once it opens, everything gets a gradient
+        model.zero_grad()
+        with torch.no_grad():
+            model.query_gate.fill_(0.1)
+        model.loss([make_episode(3, 2, 2, 0), make_episode(4, 1, 2, 1)]).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -245,3 +293,50 @@ def test_bad_inputs_raise_value_errors():
 def test_bad_settings_raise_value_errors(kwargs):
     with pytest.raises(ValueError):
         tiny(**kwargs)
+
+
+# ---------------------------------------------------------------- from_checkpoint
+def _save(path, model, config=None, **extra):
+    torch.save({"model": model.state_dict(), "model_config": model.config if config is None else config,
+                **extra}, path)
+
+
+@pytest.mark.parametrize("form", ["residual", "paper"])
+def test_from_checkpoint_round_trip(tmp_path, form):
+    model = tiny(query_branch=form, decision="class_mass", memory_slots=3).eval()
+    _save(tmp_path / "m.pt", model)
+    loaded = MMNet.from_checkpoint(tmp_path / "m.pt")
+    assert not loaded.training and loaded.config == model.config
+    ep = make_episode(4, 2, 2, 0)
+    assert torch.equal(loaded.forward_batch(ep).class_scores, model.forward_batch(ep).class_scores)
+
+
+def test_from_checkpoint_reads_checkpoints_from_before_the_residual_form(tmp_path):
+    old = tiny(query_branch="paper").eval()
+    config = {k: v for k, v in old.config.items() if k in ("in_channels", "image_size", "dm", "dr")}
+    _save(tmp_path / "old.pt", old, config)
+    assert MMNet.from_checkpoint(tmp_path / "old.pt").query_branch == "paper"
+
+
+def test_from_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
+    from mmnet_plugin.training import CheckpointError
+
+    model = tiny()
+    _save(tmp_path / "unknown.pt", model, dict(model.config, colour="blue"))
+    with pytest.raises(CheckpointError, match=r"unknown.pt: unknown model option\(s\) colour"):
+        MMNet.from_checkpoint(tmp_path / "unknown.pt")
+    _save(tmp_path / "other.pt", model, dict(model.config, dm=32))       # weights of dm=16
+    with pytest.raises(CheckpointError, match="other.pt: the weights do not fit"):
+        MMNet.from_checkpoint(tmp_path / "other.pt")
+    _save(tmp_path / "form.pt", model, dict(model.config, query_branch="paper"))
+    with pytest.raises(CheckpointError, match="form.pt: the weights do not fit.*query_gate"):
+        MMNet.from_checkpoint(tmp_path / "form.pt")
+    _save(tmp_path / "bad.pt", model, dict(model.config, decision="vote"))
+    with pytest.raises(CheckpointError, match="bad.pt: its model configuration .* invalid"):
+        MMNet.from_checkpoint(tmp_path / "bad.pt")
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="no model configuration"):
+        MMNet.from_checkpoint(tmp_path / "bare.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "bare.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupt"):
+        MMNet.from_checkpoint(tmp_path / "cut.pt")
