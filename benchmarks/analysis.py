@@ -59,6 +59,7 @@ from mmnet_plugin.evaluation import EvaluationResult, evaluate  # noqa: E402
 from mmnet_plugin.models import MMNet  # noqa: E402
 from mmnet_plugin.training import Trainer, TrainConfig  # noqa: E402
 from mmnet_plugin.runtime import tune_cpu_allocator  # noqa: E402
+from benchmarks.common import safe_torch_load  # noqa: E402  (torch.load with weights_only=True)
 
 __all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size", "row_standardised_contrast"]
 
@@ -214,7 +215,11 @@ class Analysis:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(args.device)
         self.train_ds = load_dataset(args.dataset, split=args.train_split, data_root=args.data_root)
-        self.test_ds = load_dataset(args.dataset, split="test", data_root=args.data_root)
+        if args.eval_split == args.train_split or (args.train_split == "trainval" and args.eval_split == "val"):
+            raise ValueError(
+                f"--eval-split {args.eval_split} holds classes of --train-split {args.train_split}; evaluate on "
+                "classes never trained on (val for choices, test for reporting)")
+        self.test_ds = load_dataset(args.dataset, split=args.eval_split, data_root=args.data_root)
         x = self.test_ds.load(np.asarray([0]))
         self.in_channels, self.image_size = int(x.shape[1]), int(x.shape[2])
         self.batch_episodes = args.batch_episodes or (4 if args.dataset == "miniimagenet" else 16)
@@ -242,7 +247,8 @@ class Analysis:
     # ------------------------------------------------------------------ description
     def describe(self) -> Dict[str, Any]:
         a = self.args
-        return {"dataset": a.dataset, "train_split": a.train_split, "seed": a.seed, "steps": a.steps,
+        return {"dataset": a.dataset, "train_split": a.train_split, "eval_split": a.eval_split,
+                "seed": a.seed, "steps": a.steps,
                 "batch_episodes": self.batch_episodes, "test_episodes": a.test_episodes,
                 "ablation_setting": _setting(*self.ablation_setting),
                 "queries": a.queries, "dm": a.dm, "dr": a.dr, "dr_values": list(a.dr_values),
@@ -252,7 +258,8 @@ class Analysis:
     def budget(self) -> str:
         a = self.args
         return (f"{a.steps} steps x {self.batch_episodes} episodes = {a.steps * self.batch_episodes} training "
-                f"episodes per model; {a.test_episodes} test episodes per setting, {a.queries} queries/class")
+                f"episodes per model; {a.test_episodes} {a.eval_split}-split episodes per setting, "
+                f"{a.queries} queries/class")
 
     def log(self, text: str) -> None:
         if not self.args.quiet:
@@ -350,7 +357,7 @@ class Analysis:
             try:
                 old = json.loads(rec_path.read_text())
                 if old.get("config") == json.loads(json.dumps(config, default=str)):
-                    model.load_state_dict(torch.load(pt_path, map_location=self.device))
+                    model.load_state_dict(safe_torch_load(pt_path, map_location=self.device))  # weights_only=True; ValueError naming the file
                     record = old
                     self.log(f"{name}: reusing {rec_path.name} (trained before)")
             except (ValueError, OSError, RuntimeError) as exc:
@@ -573,8 +580,11 @@ class Analysis:
         full = ("full MM-Net", {})
         return {
             "components": [full, ("without memory read", {"use_memory_read": False}),
-                           ("without contextual learner", {"use_contextual_learner": False}),
-                           ("without query branch", {"use_query_branch": False})],
+                           ("without contextual learner (static filters)", {"use_contextual_learner": False}),
+                           ("without query branch", {"use_query_branch": False}),
+                           ("paper query branch", {"query_branch": "paper"}),
+                           ("paper query branch, static filters",
+                            {"query_branch": "paper", "use_contextual_learner": False})],
             "memory_slots": [("M = None (one per support item)", {}), ("M = 2", {"memory_slots": 2}),
                              ("M = 5", {"memory_slots": 5})],
             "decision": [("nearest", {}), ("class_mass", {"decision": "class_mass"})],
@@ -592,7 +602,8 @@ class Analysis:
         test = self.ablation_setting
         setting = _setting(*test)
         groups = {}
-        lines = [f"All on {setting}, the same test episodes (fingerprint `{self.test_set(*test)[1][:16]}`).", ""]
+        lines = [f"All on {setting}, the same {self.args.eval_split}-split episodes "
+                 f"(fingerprint `{self.test_set(*test)[1][:16]}`).", ""]
         for group, variants in self.ablation_groups().items():
             if group not in self.args.ablation_groups:
                 continue
@@ -635,7 +646,10 @@ class Analysis:
         episodes = a.steps * self.batch_episodes
         out = [f"# MM-Net analyses (paper section 4.6) on `{a.dataset}`", "",
                f"Budget: {self.budget()}; seed {a.seed}; Dm={a.dm}, Dr={a.dr} unless varied; device "
-               f"{self.device.type}.", ""]
+               f"{self.device.type}.", "",
+               f"Every accuracy below is on the **{a.eval_split}** split"
+               + (" (classes never trained on; model choices are made here, never on test)."
+                  if a.eval_split == "val" else " (reported, not tuned on: choices are made on val)."), ""]
         if episodes < PIPELINE_CHECK_EPISODES:
             out += ["**This budget is a pipeline check, not evidence.** With this few training episodes the "
                     "models are barely trained and the numbers below say nothing about the paper's claims. "
@@ -711,7 +725,9 @@ class Analysis:
                       "episode: no interval.", ""]
         if "ablations" in p and "table" in p["ablations"]:
             out += ["## Ablations", "",
-                    "Claims: memory read, the contextual learner and the factorized query branch each help; "
+                    "Claims: memory read, the contextual learner and the factorized query branch each help "
+                    "(\"full MM-Net\" is our default, the residual query branch; \"paper query branch\" is the "
+                    "paper's form, a factorized block in place of the fourth); "
                     "M = one slot per support item and the nearest-neighbour decision are the paper's choices; "
                     "s = 0.125 and the filter init 1.0 are ours (the paper's raw dot product is s = 1). "
                     "\"CIs overlap\" means no difference was shown.", "",
@@ -725,6 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, default_queries=5)
     parser.add_argument("--train-split", default="train", help="training split (default train)")
+    parser.add_argument("--eval-split", default="val",
+                        help="split every model is tested on: val (default; where choices are made) or test "
+                             "(to report, never to choose)")
     parser.add_argument("--steps", type=positive_int, default=15, help="training steps per model (default 15)")
     parser.add_argument("--batch-episodes", type=positive_int, default=4,
                         help="episodes per training step (default 4; the paper: 16 Omniglot, 4 miniImageNet)")

@@ -31,6 +31,13 @@ __all__ = [
     "device_description",
     "PeakMemory",
     "quiet_import",
+    "CheckpointError",
+    "safe_torch_load",
+    "source_digest",
+    "code_identity",
+    "dataset_digest",
+    "ImageDigest",
+    "stream_fingerprint",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +91,41 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: unreadable, truncated, or holding more than
+    tensors and plain containers (which ``weights_only=True`` refuses to unpickle)."""
+
+
+def safe_torch_load(path: Union[str, Path], map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain
+    containers only, so a planted or tampered file cannot run code when it is loaded.
+
+    Args:
+        path: the checkpoint file.
+        map_location: as for ``torch.load``.
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) naming the file and why it was refused.
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds objects other than tensors and plain containers, "
+            f"which torch.load(weights_only=True) does not unpickle ({first[:160]}); delete it or let "
+            "the run retrain") from None
+    except Exception as exc:  # truncated, not a torch file, unreadable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is unusable ({type(exc).__name__}: {first[:160]})") from None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -149,6 +191,102 @@ def git_commit(root: Union[str, Path] = REPO_ROOT) -> Dict[str, Any]:
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": sha, "dirty": None if status is None else bool(status)}
+
+
+#: the source trees whose code decides a result (the package and the harness)
+_SOURCE_TREES = ("mmnet_plugin", "benchmarks")
+
+
+def source_digest(root: Union[str, Path] = REPO_ROOT) -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the package and the harness under
+    ``root`` (relative path and contents, in sorted order), so that results are tied to the
+    code that made them with or without git, and a dirty working tree is told apart from
+    its commit.
+
+    Args:
+        root: the repository root.
+
+    Returns:
+        The digest.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    for tree in _SOURCE_TREES:
+        base = root / tree
+        if not base.is_dir():
+            continue
+        for f in sorted(base.rglob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            if "/results/" in f"/{rel}" or "__pycache__" in rel:
+                continue
+            try:
+                data = f.read_bytes()
+            except OSError:
+                continue
+            h.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:16]
+
+
+def code_identity(root: Union[str, Path] = REPO_ROOT) -> Dict[str, Any]:
+    """What code made a result: ``{"commit", "dirty", "source_sha256"}`` (the git commit
+    and whether the tree had uncommitted changes, ``None`` outside git; and
+    :func:`source_digest`, which decides whether a stored result may be reused)."""
+    info = git_commit(root)
+    return {"commit": info["commit"], "dirty": info["dirty"], "source_sha256": source_digest(root)}
+
+
+class ImageDigest:
+    """A running SHA-256 of the decoded images of a stream of episodes (support then query
+    images of each episode, as float32 bytes), so a fingerprint covers the pixels as well
+    as the indices."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.episodes = 0
+
+    def update(self, episode: Any) -> None:
+        for t in (episode.support_x, episode.query_x):
+            a = t.detach()
+            if a.device.type != "cpu":
+                a = a.cpu()
+            self._h.update(np.ascontiguousarray(a.numpy()).tobytes())
+        self.episodes += 1
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def stream_fingerprint(split: str, index_fingerprint: str, image_digest: str) -> str:
+    """The fingerprint of a stream of episodes: SHA-256 of the split name, the sampler's
+    chained fingerprint of class ids and image indices, and :class:`ImageDigest`'s digest."""
+    return hashlib.sha256(f"{split}\0{index_fingerprint}\0{image_digest}".encode("utf-8")).hexdigest()
+
+
+def dataset_digest(dataset: Any, split: str, probe: int = 1024) -> str:
+    """A digest (16 hex digits) of a data set split: its name, size, class labels, and the
+    decoded pixels of ``probe`` items spread evenly over it (all items when fewer). Cheap
+    (well under a second), and it changes when the decoded images change (another
+    archive, image size or decoder).
+
+    Args:
+        dataset: an episode source (``targets`` and ``load``).
+        split: the split's name.
+        probe: how many items to decode and hash.
+
+    Returns:
+        The digest.
+    """
+    targets = np.asarray(dataset.targets, dtype=np.int64)
+    h = hashlib.sha256()
+    h.update(f"{type(dataset).__name__}\0{split}\0{len(targets)}\0".encode("utf-8"))
+    h.update(targets.tobytes())
+    n = len(targets)
+    if n:
+        idx = np.unique(np.linspace(0, n - 1, num=min(n, int(probe))).astype(np.int64))
+        for chunk in np.array_split(idx, max(1, len(idx) // 256)):
+            x = dataset.load(chunk)
+            h.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
+    return h.hexdigest()[:16]
 
 
 def device_description(device: torch.device) -> Dict[str, Any]:

@@ -58,6 +58,7 @@ from mmnet_plugin.evaluation import evaluate
 from mmnet_plugin.runtime import tune_cpu_allocator
 
 from benchmarks.common import (
+    CheckpointError,
     PeakMemory,
     Stopwatch,
     atomic_torch_save,
@@ -68,6 +69,7 @@ from benchmarks.common import (
     derive_seed,
     device_description,
     git_commit,
+    safe_torch_load,
     versions,
 )
 from benchmarks.methods import METHODS, Method, MethodContext, MethodUnavailable, mixed_ranges
@@ -539,11 +541,14 @@ def run_job(job: Job, train_ds: Any, test_ds: Any, output: Path, progress: bool)
             stats = None
             if job.cls.trained_once and ckpt.is_file():
                 try:
-                    saved = torch.load(ckpt, map_location=device, weights_only=False)
+                    # tensors and plain containers only: a planted file cannot run code here
+                    saved = safe_torch_load(ckpt, map_location=device)
+                    if not isinstance(saved, dict) or not isinstance(saved.get("stats"), dict):
+                        raise CheckpointError(f"checkpoint {ckpt} does not hold the harness's state and stats")
                     m.load_state_dict(saved["state"])
                     stats = dict(saved["stats"], train_reused_from=str(ckpt.relative_to(output)))
-                except Exception as exc:  # a broken checkpoint is retrained, not trusted
-                    print(f"note: retraining {job.cls.name}: checkpoint {ckpt} unusable ({exc})", file=sys.stderr)
+                except Exception as exc:  # a broken or refused checkpoint is retrained, not trusted
+                    print(f"note: retraining {job.cls.name}: {exc}", file=sys.stderr)
                     m.build()
                     stats = None
             if stats is None:
