@@ -94,7 +94,7 @@ def test_ablations_tables_and_curves(run_all: Path) -> None:
         _check_png(run_all / f"curves_{name}.png", 300, 200)
         assert all(r["fingerprint"] == fp for r in g["rows"])
     text = (run_all / "ablations.md").read_text()
-    assert "without contextual learner" in text and fp[:16] in text
+    assert "without contextual learner" in text and "paper query branch" in text and fp[:16] in text
     learned = {r["variant"]: r.get("learned_scale") for r in groups["similarity_scale"]["rows"]}
     assert learned["s = 0.125"] is None and learned["s = 1.0"] is None  # fixed scales record nothing
     assert learned["s learned"] > 0 and f"s learned (s ended at {learned['s learned']:.3f})" in text
@@ -107,6 +107,16 @@ def test_report_states_budget_and_claims(run_all: Path) -> None:
     for heading in ["Table 3", "Figure 2", "Figure 3", "Figure 4", "Ablations"]:
         assert heading in report
     assert "Claim:" in report
+    assert "on the **val** split" in report  # choices are made on val, and the report says so
+    assert _results(run_all)["config"]["eval_split"] == "val"
+
+
+def test_evaluating_on_trained_classes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for train, ev in (("trainval", "val"), ("train", "train")):
+        code = analysis.main(TINY + ["--output", str(tmp_path), "--train-split", train, "--eval-split", ev])
+        assert code == 2
+        assert f"--eval-split {ev} holds classes of --train-split {train}" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()  # refused before any training
 
 
 def test_resume_skips_trained_models_and_parts_select(run_all: Path, tmp_path: Path) -> None:
@@ -135,6 +145,7 @@ def test_without_contextual_learner_query_embedding_ignores_support() -> None:
         ablated = MMNet(in_channels=1, image_size=28, dm=8, dr=8, use_contextual_learner=False).eval()
         full = MMNet(in_channels=1, image_size=28, dm=8, dr=8).eval()
     with torch.no_grad():
+        full.query_gate.fill_(1.0)  # the residual branch starts closed; open it
         qa = ablated.forward_batch([a]).query_embeddings
         qb = ablated.forward_batch([swapped]).query_embeddings
         assert torch.allclose(qa, qb, atol=1e-6)
