@@ -19,6 +19,7 @@
 #   DEVICE      auto, cpu, cuda (default auto)
 #   PYTHON      the interpreter (default python, else python3); MMNET the command
 #               (default "$PYTHON -m mmnet_plugin")
+#   TRAIN_ARGS  more options for every `mmnet train` (e.g. "--bf16 --lr-schedule cosine")
 #
 # Budget = steps reached x BATCH training episodes per model; report the figures as
 # "budget X", never as the paper's (the paper states no total number of iterations).
@@ -48,7 +49,7 @@ EOF
 train() {  # name ways shots
   $mmnet train "${common[@]}" --split "$split" --ways "$2" --shots "$3" --steps "$steps" \
     --batch-episodes "$batch" --time-limit "$time_limit" --checkpoint "$out/$1.pt" --resume \
-    --log "$out/$1.jsonl" | tee -a "$out/train.txt"
+    --log "$out/$1.jsonl" ${TRAIN_ARGS:-} | tee -a "$out/train.txt"
 }
 
 test_all() {  # name settings...
