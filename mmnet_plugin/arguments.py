@@ -19,6 +19,7 @@ from .episodes import IntOrRange, parse_range
 __all__ = [
     "add_common_arguments",
     "range_arg",
+    "ways_arg",
     "positive_int",
     "parse_settings",
     "settings_arg",
@@ -46,6 +47,22 @@ def range_arg(text: str) -> IntOrRange:
         return parse_range(text, "value")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ways_arg(text: str) -> IntOrRange:
+    """argparse type: a number of ways ``5`` or a range ``2-20``, at least 2.
+
+    A 1-way episode has nothing to tell apart (its loss is 0 and it trains nothing), so ``1``
+    and ranges starting at 1 are refused.
+    """
+    value = range_arg(text)
+    low = value if isinstance(value, int) else value[0]
+    if low < 2:
+        raise argparse.ArgumentTypeError(
+            f"ways must be at least 2, got {text!r}: a 1-way episode has nothing to tell apart "
+            "(loss 0, nothing learned); use e.g. 5 or 2-20"
+        )
+    return value
 
 
 def parse_settings(text: str) -> List[Tuple[int, int]]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .arguments import add_common_arguments, positive_int, range_arg, resolve_device
+from .arguments import add_common_arguments, positive_int, range_arg, resolve_device, ways_arg
 
 __all__ = ["main", "build_parser", "build_model"]
 
@@ -49,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train MM-Net episodically")
     add_common_arguments(train)
     train.add_argument("--split", default="train", help="training split (default train; trainval for final runs)")
-    train.add_argument("--ways", type=range_arg, default=5, help="C or a range such as 2-20 (mixed strategy)")
+    train.add_argument("--ways", type=ways_arg, default=5,
+                       help="C (at least 2) or a range such as 2-20 (mixed strategy)")
     train.add_argument("--shots", type=range_arg, default=1, help="k or a range such as 1-5 (mixed strategy)")
     train.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps (default 1000)")
     train.add_argument("--batch-episodes", type=positive_int, default=16, help="episodes per step (default 16)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    train.add_argument("--lr-halve-every", type=positive_int, default=20000, help="halve the lr every N steps")
+    train.add_argument("--lr-schedule", choices=("step", "budget", "cosine"), default="step",
+                       help="step: halve every --lr-halve-every steps (the paper's, default); budget: halve "
+                            "every steps/4; cosine: anneal to 0 over --steps")
+    train.add_argument("--lr-halve-every", type=positive_int, default=20000,
+                       help="halve the lr every N steps (--lr-schedule step; default 20000)")
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps on --val-split (0: never)")
     train.add_argument("--val-split", default="val", help="validation split (default val)")
     train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
@@ -67,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after the step that passes this many seconds, writing the checkpoint; "
                             "rerun with --resume to go on (default 0: no limit)")
     train.add_argument("--log", default=None, help="JSON-lines training log")
-    train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    train.add_argument("--bf16", action="store_true",
+                       help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_arguments(train)
 
@@ -124,9 +130,21 @@ def _train(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .training import TrainConfig, Trainer
 
+    from .training import check_bf16, check_writable
+
     device = resolve_device(args.device)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint (the file to continue from)")
+    if args.bf16:
+        check_bf16(device)
+    if args.checkpoint:
+        check_writable(args.checkpoint, "--checkpoint")
+    if args.log:
+        check_writable(args.log, "--log")
+    if args.val_every > 0:
+        overlap = _split_overlap(args.split, args.val_split)
+        if overlap:
+            print(f"mmnet: warning: {overlap}", file=sys.stderr)
     train_set = _load(args, args.split)
     channels, size, _ = _image_shape(train_set)
     model_config: Dict[str, Any] = {
@@ -144,6 +162,7 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_episodes=args.batch_episodes,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         lr_halve_every=args.lr_halve_every,
         device=str(device),
         bf16=args.bf16,
@@ -171,12 +190,34 @@ def _train(args: argparse.Namespace) -> int:
     trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     tail = f", last loss {last['loss']:.4f}, train accuracy {100 * last['accuracy']:.1f}%" if last else ""
-    saved = f", checkpoint {args.checkpoint}" if args.checkpoint else ""
+    sched = dict(trainer.schedule)
+    name = sched.pop("name")
+    saved = "; lr schedule " + name + " (" + ", ".join(f"{k} {v:g}" for k, v in sched.items()) + ")"
+    if trainer.autocast:
+        saved += ", bf16 autocast"
+    saved += f", checkpoint {args.checkpoint}" if args.checkpoint else ""
     if trainer.stopped_early:
         saved += f"; stopped by --time-limit {args.time_limit:g}s before step {args.steps} (rerun with --resume)"
     print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
           f"training fingerprint {sampler.short_fingerprint}{saved}")
     return 0
+
+
+_INSIDE = {"trainval": ("train", "val", "trainval")}
+
+
+def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
+    """A one-line warning when validation classes are training classes (or test classes),
+    else ``None``. Splits are the data sets' names: ``trainval`` holds ``train`` and ``val``."""
+    t, v = train_split.strip().lower(), val_split.strip().lower()
+    if v == "test":
+        return ("--val-split test: the best checkpoint (<checkpoint>.best.pt) would be chosen on the test split; "
+                "validate on val and keep test for the final figure")
+    if t == v or v in _INSIDE.get(t, ()) or t in _INSIDE.get(v, ()):
+        return (f"--val-split {val_split} lies inside --split {train_split}: validation classes are training "
+                "classes, so validation accuracy (and <checkpoint>.best.pt) measure fit, not few-shot "
+                "generalisation; train on train to validate on val")
+    return None
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ same episodes.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
@@ -27,11 +28,50 @@ __all__ = [
     "IntOrRange",
     "parse_range",
     "fingerprint_episodes",
+    "require_episode",
+    "ImageScaleWarning",
 ]
 
 IntOrRange = Union[int, Tuple[int, int]]
 
 _EMPTY_FINGERPRINT = hashlib.sha256(b"mmnet-plugin episodes v1").hexdigest()
+
+#: What the trainer and the evaluator say when they are given something other than an Episode.
+_EASYFSL_HINT = (
+    "wrap an easyfsl loader with mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes(loader), or "
+    "convert one 5-tuple with mmnet_plugin.integrations.easyfsl.episode_from_easyfsl(batch)"
+)
+
+
+class ImageScaleWarning(UserWarning):
+    """uint8 images were given to an :class:`Episode` and scaled from ``0..255`` to ``[0, 1]``."""
+
+
+def require_episode(obj: Any, where: str) -> "Episode":
+    """Return ``obj`` if it is an :class:`Episode`, else raise a ValueError that says what to do.
+
+    Args:
+        obj: one item drawn from an episode source.
+        where: who asks, for the message (e.g. ``"Trainer.fit"``).
+
+    Returns:
+        ``obj`` itself.
+
+    Raises:
+        ValueError: if ``obj`` is not an Episode; a 5-item tuple or list (easyfsl's
+            ``episodic_collate_fn`` output) gets the easyfsl adapter's name.
+    """
+    if isinstance(obj, Episode):
+        return obj
+    if isinstance(obj, (tuple, list)) and len(obj) == 5:
+        raise ValueError(
+            f"{where} got a {len(obj)}-item {type(obj).__name__}, easyfsl's (support_images, support_labels, "
+            f"query_images, query_labels, class_ids), not an Episode; {_EASYFSL_HINT}"
+        )
+    raise ValueError(
+        f"{where} got a {type(obj).__name__}, not an Episode; build mmnet_plugin.Episode(support_x, support_y, "
+        "query_x, query_y) or use an EpisodeSampler or an adapter of mmnet_plugin.integrations"
+    )
 
 
 def _describe_missing(labels: torch.Tensor, n_way: int) -> Optional[int]:
@@ -46,8 +86,14 @@ def _describe_missing(labels: torch.Tensor, n_way: int) -> Optional[int]:
 class Episode:
     """One few-shot task.
 
+    Images are floating point, conventionally in ``[0, 1]``. ``uint8`` images are taken as
+    ``0..255`` pixels and scaled to ``[0, 1]`` (as :class:`~mmnet_plugin.data.TensorFewShotDataset`
+    does) with an :class:`ImageScaleWarning`, because used unscaled they would be 255 times
+    larger than the data MM-Net is trained on. Other integer images have no known scale and
+    are refused.
+
     Args:
-        support_x: support images ``[N_s, C, H, W]`` (floating point, finite).
+        support_x: support images ``[N_s, C, H, W]`` (floating point, finite; uint8 is scaled).
         support_y: support labels ``[N_s]``, integers in ``0..n_way-1``, every label present.
         query_x: query images ``[N_q, C, H, W]`` with the support's ``C, H, W``; ``N_q >= 1``.
         query_y: query labels ``[N_q]`` in ``0..n_way-1``, or ``None`` when unknown
@@ -182,8 +228,21 @@ def _as_image_tensor(x: Any, name: str) -> torch.Tensor:
             f"{name} must be a 4-D tensor [N, C, H, W]; got shape {tuple(x.shape)} "
             "(add the channel dimension for grey images: x.unsqueeze(1))"
         )
+    if x.dtype == torch.uint8:
+        warnings.warn(
+            f"{name} is uint8: scaled from 0..255 to [0, 1] (x.float() / 255); pass float images in [0, 1] "
+            "to silence this",
+            ImageScaleWarning,
+            stacklevel=4,
+        )
+        return x.float().div_(255.0)
+    if x.dtype == torch.bool:
+        return x.float()
     if not torch.is_floating_point(x):
-        x = x.float()
+        raise ValueError(
+            f"{name} is {str(x.dtype).replace('torch.', '')}, integer images of unknown scale; pass float images "
+            "in [0, 1] (e.g. x.float() / x.max()) or uint8 pixels 0..255"
+        )
     return x
 
 
@@ -281,7 +340,8 @@ class EpisodeSampler:
 
     Args:
         dataset: an :class:`EpisodeSource` (``targets`` and ``load``).
-        ways: C, or an inclusive range of C.
+        ways: C, or an inclusive range of C; at least 2 (a 1-way episode has nothing to
+            tell apart: its loss is 0 and it trains nothing).
         shots: k, or an inclusive range of k.
         queries: query images per class.
         seed: seed of the sampler's own ``numpy.random.Generator``.
@@ -309,6 +369,11 @@ class EpisodeSampler:
             )
         self.dataset = dataset
         self.ways = parse_range(ways, "ways")
+        if _bounds(self.ways)[0] < 2:
+            raise ValueError(
+                f"ways must be at least 2: a 1-way episode has nothing to tell apart (its loss is 0, it trains "
+                f"nothing and scores 100%); got ways={ways!r}, ask for e.g. 5 or 2-20"
+            )
         self.shots = parse_range(shots, "shots")
         if isinstance(queries, bool) or int(queries) < 1:
             raise ValueError(f"queries must be at least 1 per class; got {queries!r}")

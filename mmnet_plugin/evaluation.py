@@ -14,7 +14,7 @@ from typing import Callable, Iterable, List, Optional, Union
 import numpy as np
 import torch
 
-from .episodes import Episode, _EMPTY_FINGERPRINT, _chain
+from .episodes import Episode, _EMPTY_FINGERPRINT, _chain, require_episode
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
 
@@ -68,7 +68,19 @@ def _as_predictor(model: Union[torch.nn.Module, Predictor]) -> Predictor:
     if callable(predict):
         return predict
     if callable(model):
-        return lambda sx, sy, qx: model(sx, sy, qx).argmax(dim=-1)
+        def predict_from_scores(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+            scores = model(sx, sy, qx)
+            want = (int(qx.shape[0]), int(sy.max()) + 1)
+            got = f"scores of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else \
+                f"a {type(scores).__name__}"
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != want:
+                raise ValueError(
+                    f"the model returned {got} for an episode of {want[0]} queries and {want[1]} classes; "
+                    f"a callable model must return class scores [n_query, n_way] = {list(want)}"
+                )
+            return scores.argmax(dim=-1)
+
+        return predict_from_scores
     raise ValueError("model must be callable as model(support_x, support_y, query_x) or have .predict")
 
 
@@ -100,9 +112,12 @@ def evaluate(
         An :class:`EvaluationResult`.
 
     Raises:
-        ValueError: if there are no episodes, an episode has no query labels,
-            ``batch_episodes < 1``, or the model returns a prediction per query of the
-            wrong shape (a callable must return scores ``[n_query, n_way]``).
+        ValueError: if there are no episodes, an item is not an :class:`Episode` (easyfsl
+            5-tuples: wrap the loader with ``mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes``),
+            an episode has no query labels, ``batch_episodes < 1``, or the model returns
+            predictions of the wrong shape: a callable must return scores ``[n_query, n_way]``
+            for exactly the episode's classes (scores for more or fewer classes are refused),
+            a ``predict`` one label per query.
     """
     import time
 
@@ -153,6 +168,7 @@ def evaluate(
     pending: List[Episode] = []
     try:
         for ep in iterator:
+            ep = require_episode(ep, "evaluate")
             if ep.query_y is None:
                 raise ValueError("cannot score an episode without query labels (query_y is None)")
             fp = _chain(fp, ep.fingerprint_bytes())

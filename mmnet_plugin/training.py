@@ -1,7 +1,14 @@
-"""Episodic trainer: Adam with step decay, checkpoints that resume exactly, JSON-lines logs.
+"""Episodic trainer: Adam with a learning-rate schedule, checkpoints that resume exactly, JSON-lines logs.
 
 The paper's schedule is the default (Adam, learning rate 1e-3 halved every 20,000
-iterations, 16 episodes a step on Omniglot). The trainer takes any iterable of
+iterations, 16 episodes a step on Omniglot). A run shorter than the paper's 20,000 steps
+never halves under it; ``lr_schedule="budget"`` halves every ``steps / 4`` steps instead and
+``"cosine"`` anneals to 0 over ``steps`` (see :class:`TrainConfig`). The schedule used, with
+its parameters, is stored in the checkpoint (``train_config["schedule"]``) and written as the
+first record of every :meth:`Trainer.fit` in the log; resuming with another schedule is refused.
+
+``bf16=True`` runs the forward pass under ``torch.autocast(dtype=torch.bfloat16)`` on CUDA and on
+CPUs with native bf16 instructions (AVX512-BF16 or AMX); the loss is returned in float32. The trainer takes any iterable of
 :class:`~mmnet_plugin.episodes.Episode`; with an :class:`~mmnet_plugin.episodes.EpisodeSampler`
 (or any source with ``state_dict``/``load_state_dict``) its state goes into the checkpoint
 and a resumed run continues with exactly the episodes an uninterrupted run would have seen.
@@ -22,9 +29,22 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 
-from .episodes import Episode
+from .episodes import Episode, require_episode
 
-__all__ = ["TrainConfig", "Trainer", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "LR_SCHEDULES",
+    "cpu_bf16_supported",
+    "check_bf16",
+    "check_writable",
+]
+
+#: The learning-rate schedules of :class:`TrainConfig`.
+LR_SCHEDULES = ("step", "budget", "cosine")
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,11 +60,17 @@ class TrainConfig:
     Attributes:
         steps: optimisation steps in total (a resumed run continues up to this number).
         batch_episodes: episodes per step (paper: 16 on Omniglot, 4 on miniImageNet).
-        lr: Adam learning rate.
-        lr_halve_every: halve the learning rate every this many steps.
+        lr: Adam learning rate (the start of the schedule).
+        lr_schedule: ``"step"``: halve every ``lr_halve_every`` steps (the paper's, with
+            20,000); ``"budget"``: halve every ``max(1, steps // 4)`` steps, so a run of any
+            length ends at ``lr / 8``; ``"cosine"``: cosine annealing from ``lr`` to 0 over
+            ``steps``. The budget and cosine schedules depend on ``steps``, so a resumed run
+            must keep ``steps`` (see :meth:`schedule`).
+        lr_halve_every: halve the learning rate every this many steps (``"step"`` only).
         weight_decay: Adam weight decay.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        bf16: bf16 autocast (CUDA only; ignored on the CPU).
+        bf16: bf16 autocast of the forward pass, on CUDA and on the CPU; refused (ValueError
+            from :class:`Trainer`) on a device torch reports without bf16 support.
         checkpoint: file of the latest checkpoint (``None``: no checkpoints).
         checkpoint_every: also write the checkpoint every this many steps (0: only at the end
             and after validations).
@@ -61,6 +87,7 @@ class TrainConfig:
     steps: int = 1000
     batch_episodes: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "step"
     lr_halve_every: int = 20000
     weight_decay: float = 0.0
     device: str = "cpu"
@@ -83,9 +110,129 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be 0 or more; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive; got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
+                             f"got {self.lr_schedule!r}")
         if not self.time_limit >= 0:
             raise ValueError(f"TrainConfig.time_limit must be 0 (no limit) or a positive number of seconds; "
                              f"got {self.time_limit}")
+
+    def schedule(self) -> Dict[str, Any]:
+        """The learning-rate schedule this configuration resolves to, as plain values.
+
+        Returns:
+            ``{"name": "step" | "budget", "lr": ..., "halve_every": N, "gamma": 0.5}`` or
+            ``{"name": "cosine", "lr": ..., "t_max": steps, "eta_min": 0.0}``: what the
+            checkpoint stores (``train_config["schedule"]``) and the log's start record shows.
+        """
+        if self.lr_schedule == "cosine":
+            return {"name": "cosine", "lr": float(self.lr), "t_max": int(self.steps), "eta_min": 0.0}
+        every = int(self.lr_halve_every) if self.lr_schedule == "step" else max(1, int(self.steps) // 4)
+        return {"name": self.lr_schedule, "lr": float(self.lr), "halve_every": every, "gamma": 0.5}
+
+
+def _saved_schedule(train_config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The schedule a checkpoint's ``train_config`` states (older checkpoints: the step schedule)."""
+    if not isinstance(train_config, dict) or not train_config:
+        return None
+    if isinstance(train_config.get("schedule"), dict):
+        return dict(train_config["schedule"])
+    try:
+        return {"name": "step", "lr": float(train_config["lr"]),
+                "halve_every": int(train_config.get("lr_halve_every", 20000)), "gamma": 0.5}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, spec: Dict[str, Any]) -> Any:
+    if spec["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec["t_max"], eta_min=spec["eta_min"])
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec["halve_every"], gamma=spec["gamma"])
+
+
+def cpu_bf16_supported() -> Optional[bool]:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them bf16 autocast still runs on the CPU, emulated and slower than float32, so
+    :class:`Trainer` refuses ``bf16=True`` there.
+
+    Returns:
+        ``True`` or ``False`` when torch can tell (torch >= 2.3 exposes the CPU's
+        capabilities), ``None`` when it cannot.
+    """
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
+    probes = [p for p in probes if callable(p)]
+    if not probes:
+        return None
+    try:
+        return any(bool(p()) for p in probes)
+    except Exception:  # pragma: no cover - exotic builds
+        return None
+
+
+def check_bf16(device: Union[str, torch.device]) -> None:
+    """Refuse bf16 autocast where the device lacks it, as far as torch can tell.
+
+    Args:
+        device: the training device.
+
+    Raises:
+        ValueError: on a CPU without native bf16 instructions (AVX512-BF16 or AMX; there
+            autocast is emulated and slower than float32), a CUDA device without bf16, or any
+            other device type.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        if cpu_bf16_supported() is False:
+            raise ValueError(
+                "bf16 was asked for on the CPU, but this CPU has no native bf16 instructions (AVX512-BF16 "
+                "or AMX), where bf16 autocast is emulated and slower than float32; train without --bf16"
+            )
+    elif device.type == "cuda":
+        probe = getattr(torch.cuda, "is_bf16_supported", None)
+        if callable(probe) and torch.cuda.is_available() and not probe():
+            raise ValueError(f"bf16 was asked for on {device}, which does not support bf16; train without --bf16")
+    else:
+        raise ValueError(f"bf16 autocast is supported on cpu and cuda, not on {device}; train without --bf16")
+
+
+def check_writable(path: PathLike, what: str) -> None:
+    """Make sure ``path`` can be written (created, or replaced) without writing it.
+
+    The nearest existing folder on the way to ``path`` must take a new file (probed with a
+    temporary file that is removed at once), and an existing ``path`` must be a file that opens
+    for appending (opening without writing changes nothing).
+
+    Args:
+        path: a checkpoint or log file.
+        what: its name in the message, e.g. ``"--checkpoint"``.
+
+    Raises:
+        ValueError: naming the path, why it cannot be written, and what to do.
+    """
+    path = Path(path)
+    hint = f"choose a writable {what} path"
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name inside it, e.g. {path / 'model.pt'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {folder} is a file, not a folder; {hint}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmnet-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be written: folder {folder} is not writable "
+                         f"({exc.strerror or exc}); {hint}") from None
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{what} {path} is not writable ({exc.strerror or exc}); {hint}") from None
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
@@ -158,8 +305,12 @@ class Trainer:
         self.model = model.to(self.device)
         self.model_config = dict(model_config or {})
         self.extra_state = dict(extra_state or {})
+        self.autocast = bool(config.bf16)
+        if config.bf16:
+            check_bf16(self.device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_halve_every, gamma=0.5)
+        self.schedule = config.schedule()
+        self.scheduler = _build_scheduler(self.optimizer, self.schedule)
         self.step = 0
         self.best_val: Optional[float] = None
         self.history: List[Dict[str, Any]] = []
@@ -175,7 +326,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "best_val": self.best_val,
-            "train_config": asdict(self.config),
+            "train_config": {**asdict(self.config), "schedule": dict(self.schedule)},
             "model_config": self.model_config,
             "extra": self.extra_state,
         }
@@ -187,14 +338,22 @@ class Trainer:
         """Restore what :meth:`state_dict` saved (the sampler's too, when given).
 
         Raises:
-            CheckpointError: if the model does not match the checkpoint's, or the
-                checkpoint holds sampler state the given source cannot take.
+            CheckpointError: if the model does not match the checkpoint's, the checkpoint
+                was trained with another learning-rate schedule, or it holds sampler state
+                the given source cannot take.
         """
         saved_cfg = state.get("model_config") or {}
         if self.model_config and saved_cfg and saved_cfg != self.model_config:
             raise CheckpointError(
                 f"the checkpoint's model configuration {saved_cfg} differs from this run's "
                 f"{self.model_config}; resume with the same model options"
+            )
+        saved_schedule = _saved_schedule(state.get("train_config") or {})
+        if saved_schedule is not None and saved_schedule != self.schedule:
+            raise CheckpointError(
+                f"the checkpoint was trained with the learning-rate schedule {_describe(saved_schedule)} but "
+                f"this run asks for {_describe(self.schedule)}; resume with the same --lr-schedule, --lr and "
+                "--lr-halve-every (budget and cosine also need the same --steps), or start a new checkpoint"
             )
         try:
             self.model.load_state_dict(state["model"])
@@ -233,14 +392,13 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _forward(self, batch: Sequence[Episode]) -> tuple:
         model = self.model
-        autocast = self.config.bf16 and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if hasattr(model, "loss_and_accuracy"):
                 loss, acc = model.loss_and_accuracy(batch)
                 acc = float(acc.float().mean()) if isinstance(acc, torch.Tensor) else float(acc)
             else:
                 loss, acc = model.loss(batch), float("nan")
-        return loss, acc
+        return loss.float(), acc
 
     def fit(
         self,
@@ -264,13 +422,27 @@ class Trainer:
             :attr:`stopped_early` is true.
 
         Raises:
-            CheckpointError: if resuming from a bad checkpoint.
-            ValueError: if the source runs out of episodes before the last step.
+            CheckpointError: if resuming from a bad checkpoint, or one trained with another
+                learning-rate schedule.
+            ValueError: if ``config.checkpoint`` or ``config.log_path`` cannot be written
+                (checked before the first step), the source yields something other than an
+                :class:`~mmnet_plugin.episodes.Episode` (easyfsl 5-tuples: wrap the loader with
+                ``mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes``), or it runs out of
+                episodes before the last step.
         """
         cfg = self.config
+        if cfg.checkpoint:
+            check_writable(cfg.checkpoint, "checkpoint")
+            check_writable(best_checkpoint_path(cfg.checkpoint), "best checkpoint")
+        if cfg.log_path:
+            check_writable(cfg.log_path, "log")
         if resume and cfg.checkpoint:
             self.resume(cfg.checkpoint, source)
         records: List[Dict[str, Any]] = []
+        if self.step < cfg.steps:
+            self._log({"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
+                       "bf16_autocast": self.autocast, "device": str(self.device),
+                       "steps": cfg.steps, "batch_episodes": cfg.batch_episodes}, records)
         iterator: Iterator[Episode] = iter(source)
         bar = None
         if cfg.progress and self.step < cfg.steps:
@@ -286,7 +458,7 @@ class Trainer:
                 batch = []
                 for _ in range(cfg.batch_episodes):
                     try:
-                        batch.append(next(iterator))
+                        batch.append(require_episode(next(iterator), "Trainer.fit"))
                     except StopIteration:
                         raise ValueError(
                             f"the episode source ran out after {self.step} steps; give an endless "
@@ -296,7 +468,7 @@ class Trainer:
                 loss, acc = self._forward(batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss became {float(loss)} at step {self.step + 1}; lower the learning rate "
+                        f"loss became {float(loss.detach())} at step {self.step + 1}; lower the learning rate "
                         "or the similarity scale"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
@@ -306,12 +478,13 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                window_loss += float(loss.detach())
+                loss_value = float(loss.detach())
+                window_loss += loss_value
                 window_acc += acc
                 window_n += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.3f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t_window
                     rec = {
@@ -362,6 +535,12 @@ class Trainer:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+def _describe(spec: Dict[str, Any]) -> str:
+    """``"budget (lr 0.001, halve_every 250, gamma 0.5)"``."""
+    rest = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in spec.items() if k != "name")
+    return f"{spec.get('name')} ({rest})"
 
 
 def best_checkpoint_path(checkpoint: PathLike) -> Path:

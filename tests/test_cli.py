@@ -39,6 +39,10 @@ def test_train_then_evaluate_on_glyphs(tmp_path, capsys):
         (["train", "--dataset", "cifar"], "invalid choice"),
         (["evaluate"], "--checkpoint"),
         (["train", "--dataset", "glyphs", "--time-limit", "-5"], "time_limit"),
+        (["train", "--ways", "1"], "ways must be at least 2"),
+        (["train", "--ways", "1-5"], "ways must be at least 2"),
+        (["train", "--lr-schedule", "linear"], "invalid choice"),
+        (["train", "--dataset", "glyphs", "--checkpoint", "/proc/no/such/m.pt"], "--checkpoint /proc/no/such/m.pt"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message):
@@ -63,3 +67,66 @@ def test_settings_syntax():
     assert parse_settings("5w1s, 20W5S,5w1s") == [(5, 1), (20, 5)]
     with pytest.raises(ValueError, match="<ways>w<shots>s"):
         parse_settings("5-1")
+
+
+GLYPHS = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--ways", "3",
+          "--steps", "2", "--batch-episodes", "2", "--dm", "16", "--dr", "16"]
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--log"])
+def test_unwritable_checkpoint_or_log_fails_at_the_start_in_one_line(tmp_path, capsys, monkeypatch, option):
+    import mmnet_plugin.cli as cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    def no_loading(*a, **k):
+        raise AssertionError("the data set was loaded before the paths were checked")
+
+    monkeypatch.setattr(cli, "_load", no_loading)
+    assert main(["train", *GLYPHS, option, str(blocker / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mmnet: error: {option} {blocker / 'x'} cannot be created") and len(err.splitlines()) == 1
+
+
+def test_lr_schedule_is_used_stated_and_kept_on_resume(tmp_path, capsys):
+    from mmnet_plugin.training import load_checkpoint
+
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", *GLYPHS, "--lr-schedule", "budget", "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "lr schedule budget (lr 0.001, halve_every 1, gamma 0.5)" in out
+    state = load_checkpoint(ckpt)
+    assert state["train_config"]["schedule"]["name"] == "budget"
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-3 / 4  # halved after steps 1 and 2
+    assert main(["train", *GLYPHS, "--lr-schedule", "cosine", "--checkpoint", str(ckpt), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "learning-rate schedule budget" in err and "--lr-schedule" in err and len(err.splitlines()) == 1
+
+
+def test_bf16_trains_on_the_cpu(tmp_path, capsys, monkeypatch):
+    import mmnet_plugin.training as training
+
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: True)
+    assert main(["train", *GLYPHS, "--bf16", "--log", str(tmp_path / "log.jsonl")]) == 0
+    assert "bf16 autocast" in capsys.readouterr().out
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: False)
+    assert main(["train", *GLYPHS, "--bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no native bf16 instructions" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("split, val_split, warned", [
+    ("trainval", "val", "--val-split val lies inside --split trainval: validation classes are training classes"),
+    ("train", "train", "--val-split train lies inside --split train"),
+    ("train", "test", "--val-split test: the best checkpoint"),
+    ("train", "val", None),
+])
+def test_validation_inside_the_training_split_is_warned(capsys, split, val_split, warned):
+    assert main(["train", *GLYPHS, "--steps", "1", "--split", split, "--val-split", val_split,
+                 "--val-every", "1", "--val-episodes", "2"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmnet: warning")]
+    if warned is None:
+        assert err == []
+    else:
+        assert len(err) == 1 and err[0].startswith("mmnet: warning: " + warned)

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from mmnet_plugin.data import TensorFewShotDataset, as_episode_source
-from mmnet_plugin.episodes import Episode, EpisodeSampler, fingerprint_episodes, parse_range
+from mmnet_plugin.episodes import (
+    Episode,
+    EpisodeSampler,
+    ImageScaleWarning,
+    fingerprint_episodes,
+    parse_range,
+    require_episode,
+)
 
 
 def _dataset(n_classes=12, per_class=8, size=6):
@@ -179,3 +186,54 @@ def test_parse_range(text, expected):
 def test_parse_range_rejects(text):
     with pytest.raises(ValueError):
         parse_range(text)
+
+
+# ---------------------------------------------------------------- 1-way, uint8 and non-episodes
+@pytest.mark.parametrize("ways", [1, (1, 5), "1-3"])
+def test_one_way_sampling_is_refused(ways):
+    with pytest.raises(ValueError, match="ways must be at least 2: a 1-way episode has nothing to tell apart"):
+        EpisodeSampler(_dataset(), ways=ways, shots=1, queries=1)
+    assert EpisodeSampler(_dataset(), ways=(2, 5), shots=1, queries=1).sample().n_way >= 2
+
+
+def test_uint8_images_are_scaled_to_unit_range_with_a_warning():
+    g = torch.Generator().manual_seed(0)
+    sx = torch.randint(0, 256, (4, 1, 5, 5), generator=g, dtype=torch.uint8)
+    qx = torch.full((8, 1, 5, 5), 255, dtype=torch.uint8)
+    with pytest.warns(ImageScaleWarning) as caught:
+        ep = _ep(support_x=sx, query_x=qx)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and messages[1].startswith("support_x is uint8: scaled from 0..255 to [0, 1]")
+    assert messages[0].startswith("query_x is uint8")
+    assert ep.support_x.dtype == torch.float32 and torch.equal(ep.support_x, sx.float() / 255)
+    assert float(ep.query_x.max()) == 1.0
+
+
+def test_uint8_from_a_custom_source_reaches_the_sampler_scaled():
+    class RawSource:
+        """An episode source whose load returns raw uint8 pixels."""
+
+        targets = np.repeat(np.arange(4), 3)
+
+        def load(self, indices):
+            return torch.full((len(indices), 1, 3, 3), 200, dtype=torch.uint8)
+
+    with pytest.warns(ImageScaleWarning):
+        ep = EpisodeSampler(RawSource(), ways=3, shots=1, queries=1, seed=0).sample()
+    assert torch.allclose(ep.support_x, torch.full_like(ep.support_x, 200 / 255))
+
+
+def test_integer_images_of_unknown_scale_are_refused():
+    with pytest.raises(ValueError, match="support_x is int64, integer images of unknown scale"):
+        _ep(support_x=torch.zeros(4, 1, 5, 5, dtype=torch.long))
+    assert _ep(query_x=torch.ones(8, 1, 5, 5, dtype=torch.bool)).query_x.dtype == torch.float32
+
+
+def test_require_episode_names_the_easyfsl_adapter():
+    ep = _ep()
+    assert require_episode(ep, "here") is ep
+    five = (ep.support_x, ep.support_y, ep.query_x, ep.query_y, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"here got a 5-item tuple.*EasyFSLEpisodes\(loader\)"):
+        require_episode(five, "here")
+    with pytest.raises(ValueError, match="here got a str, not an Episode"):
+        require_episode("episode", "here")

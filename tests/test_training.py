@@ -1,6 +1,9 @@
 """The episodic trainer: exact resume, atomic and checked checkpoints, learning on glyphs."""
 
 import json
+import math
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import torch
 from mmnet_plugin import MMNet, evaluate, load_dataset
 from mmnet_plugin.data import TensorFewShotDataset
 from mmnet_plugin.episodes import EpisodeSampler
+import mmnet_plugin.training as training
 from mmnet_plugin.training import CheckpointError, TrainConfig, Trainer, load_checkpoint
 
 SMALL = dict(dm=32, dr=32)
@@ -26,10 +30,10 @@ def _model(seed=0):
         return MMNet(**SMALL)
 
 
-def _run(tmp_path, steps, resume=False, name="ckpt.pt"):
+def _run(tmp_path, steps, resume=False, name="ckpt.pt", **config):
     sampler = EpisodeSampler(_dataset(), ways=(2, 5), shots=(1, 3), queries=2, seed=4)
     cfg = TrainConfig(steps=steps, batch_episodes=3, checkpoint=str(tmp_path / name), log_every=1,
-                      progress=False, log_path=str(tmp_path / (name + ".jsonl")))
+                      progress=False, log_path=str(tmp_path / (name + ".jsonl")), **config)
     trainer = Trainer(_model(), cfg, model_config=SMALL)
     trainer.fit(sampler, resume=resume)
     return trainer, sampler
@@ -46,6 +50,21 @@ def _assert_same(a, b, where="state"):
         assert a == b, where
 
 
+class _Toy(torch.nn.Module):
+    """A model whose loss records the dtype its linear layer computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+        self.dtypes = []
+
+    def loss(self, episodes):
+        x = torch.stack([ep.query_x.flatten()[:4] for ep in episodes])
+        out = self.lin(x)
+        self.dtypes.append(out.dtype)
+        return out.pow(2).mean()
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     full, full_sampler = _run(tmp_path / "a", steps=6)
     _run(tmp_path / "b", steps=3)
@@ -57,7 +76,66 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed_sampler.fingerprint == full_sampler.fingerprint
     _assert_same(full.model.state_dict(), resumed.model.state_dict())
     log = [json.loads(line) for line in (tmp_path / "b" / "ckpt.pt.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    starts = [r for r in log if r.get("start")]
+    assert [r["step"] for r in starts] == [0, 3]  # one start record per fit, stating the schedule
+    assert starts[0]["lr_schedule"] == {"name": "step", "lr": 1e-3, "halve_every": 20000, "gamma": 0.5}
+
+
+@pytest.mark.parametrize("schedule", ["budget", "cosine"])
+def test_resume_is_exact_under_the_budget_and_cosine_schedules(tmp_path, schedule):
+    full, _ = _run(tmp_path / "a", steps=5, lr_schedule=schedule)
+    _run(tmp_path / "b", steps=5, lr_schedule=schedule, time_limit=1e-9)  # stops after step 1
+    _run(tmp_path / "b", steps=5, lr_schedule=schedule, resume=True, time_limit=1e-9)  # step 2
+    resumed, _ = _run(tmp_path / "b", steps=5, lr_schedule=schedule, resume=True)
+    lrs = [r["lr"] for r in full.history if "loss" in r]
+    assert len(set(lrs)) > 2  # the schedule really moves the rate within the run
+    assert [r["lr"] for r in resumed.history if "loss" in r] == lrs[2:]
+    assert [r["loss"] for r in resumed.history if "loss" in r] == [r["loss"] for r in full.history if "loss" in r][2:]
+    _assert_same(full.model.state_dict(), resumed.model.state_dict())
+    _assert_same(full.optimizer.state_dict(), resumed.optimizer.state_dict())
+
+
+def test_budget_and_cosine_schedules_follow_their_formulas():
+    sampler = EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0)
+    budget = Trainer(_Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="budget", log_every=1,
+                                           progress=False))
+    budget.fit(sampler)
+    # halve every 8 // 4 = 2 steps: the rate after step t is lr * 0.5 ** (t // 2)
+    assert [r["lr"] for r in budget.history if "loss" in r] == pytest.approx(
+        [1e-3 * 0.5 ** (t // 2) for t in range(1, 9)])
+    assert budget.schedule == {"name": "budget", "lr": 1e-3, "halve_every": 2, "gamma": 0.5}
+    cosine = Trainer(_Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="cosine", log_every=1,
+                                           progress=False))
+    cosine.fit(sampler)
+    assert [r["lr"] for r in cosine.history if "loss" in r] == pytest.approx(
+        [0.5e-3 * (1 + math.cos(math.pi * t / 8)) for t in range(1, 9)], abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule must be one of step, budget, cosine"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_checkpoint_states_the_schedule_and_resume_with_another_is_refused(tmp_path):
+    _run(tmp_path, steps=4, lr_schedule="budget", time_limit=1e-9)
+    state = load_checkpoint(tmp_path / "ckpt.pt")
+    assert state["train_config"]["lr_schedule"] == "budget"
+    assert state["train_config"]["schedule"] == {"name": "budget", "lr": 1e-3, "halve_every": 1, "gamma": 0.5}
+    with pytest.raises(CheckpointError, match="schedule budget .* asks for cosine"):
+        _run(tmp_path, steps=4, lr_schedule="cosine", resume=True)
+    with pytest.raises(CheckpointError, match="halve_every 1, .* halve_every 2"):  # budget follows --steps
+        _run(tmp_path, steps=8, lr_schedule="budget", resume=True)
+    with pytest.raises(CheckpointError, match="learning-rate schedule"):
+        _run(tmp_path, steps=4, lr_schedule="budget", lr=5e-4, resume=True)
+    assert _run(tmp_path, steps=4, lr_schedule="budget", resume=True)[0].step == 4
+
+
+def test_checkpoint_without_a_stated_schedule_resumes_as_the_step_schedule(tmp_path):
+    _run(tmp_path, steps=1)
+    state = load_checkpoint(tmp_path / "ckpt.pt")
+    del state["train_config"]["schedule"], state["train_config"]["lr_schedule"]  # as written before schedules
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="schedule step"):
+        _run(tmp_path, steps=2, lr_schedule="cosine", resume=True)
+    assert _run(tmp_path, steps=2, resume=True)[0].step == 2
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path):
@@ -147,3 +225,118 @@ def test_time_limit_stops_early_keeps_the_checkpoint_and_resume_finishes(tmp_pat
 def test_time_limit_must_not_be_negative():
     with pytest.raises(ValueError, match="time_limit"):
         TrainConfig(time_limit=-1)
+
+
+# ---------------------------------------------------------------- bf16 on the CPU
+def test_bf16_autocasts_on_the_cpu_and_the_loss_is_float32(monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: True)
+    sampler = EpisodeSampler(_dataset(), ways=2, shots=1, queries=2, seed=0)
+    toy = _Toy()
+    trainer = Trainer(toy, TrainConfig(steps=2, batch_episodes=2, bf16=True, progress=False))
+    trainer.fit(sampler)
+    assert toy.dtypes == [torch.bfloat16, torch.bfloat16]
+    loss, _ = trainer._forward(sampler.sample_batch(2))
+    assert loss.dtype == torch.float32
+    assert trainer.history[0]["start"] and trainer.history[0]["bf16_autocast"] is True
+    fp32 = _Toy()
+    Trainer(fp32, TrainConfig(steps=1, batch_episodes=2, progress=False)).fit(sampler)
+    assert fp32.dtypes == [torch.float32]
+
+
+def test_bf16_mmnet_step_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: True)
+    sampler = EpisodeSampler(_dataset(), ways=3, shots=1, queries=2, seed=0)
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, TrainConfig(steps=2, batch_episodes=2, bf16=True, progress=False, log_every=1))
+    trainer.fit(sampler)
+    losses = [r["loss"] for r in trainer.history if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16 instructions"):
+        Trainer(_model(), TrainConfig(steps=1, bf16=True, progress=False))
+    Trainer(_model(), TrainConfig(steps=1, bf16=False, progress=False))  # float32 is fine
+
+
+def test_cpu_bf16_probe_agrees_with_torch():
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is None:
+        assert training.cpu_bf16_supported() is None
+    else:
+        assert training.cpu_bf16_supported() == (bool(probe()) or bool(torch.cpu._is_amx_tile_supported()))
+
+
+# ---------------------------------------------------------------- bad input, found before the first step
+def test_progress_bar_does_not_convert_a_tensor_that_requires_grad():
+    sampler = EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0)
+    trainer = Trainer(_model(), TrainConfig(steps=2, batch_episodes=1, progress=True))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires_grad.*")
+        trainer.fit(sampler)
+    assert trainer.step == 2
+
+
+def test_easyfsl_tuples_are_refused_naming_the_adapter():
+    ep = EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0).sample()
+    five = (ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.class_ids)
+    trainer = Trainer(_model(), TrainConfig(steps=1, batch_episodes=1, progress=False))
+    with pytest.raises(ValueError, match="not an Episode.*mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes"):
+        trainer.fit([five])
+    with pytest.raises(ValueError, match="got a dict, not an Episode"):
+        trainer.fit([{"support_x": ep.support_x}])
+    assert trainer.step == 0
+
+
+def _counting(sampler):
+    drawn = []
+
+    def gen():
+        for ep in sampler:
+            drawn.append(1)
+            yield ep
+    return gen(), drawn
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "log_path"])
+def test_unwritable_checkpoint_or_log_fails_before_the_first_step(tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    source, drawn = _counting(EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0))
+    cfg = TrainConfig(steps=2, batch_episodes=1, progress=False, **{where: str(blocker / "out")})
+    trainer = Trainer(_model(), cfg)
+    with pytest.raises(ValueError, match="a-file is a file, not a folder"):
+        trainer.fit(source)
+    assert trainer.step == 0 and not drawn
+    cfg = TrainConfig(steps=2, batch_episodes=1, progress=False, **{where: str(tmp_path)})
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        Trainer(_model(), cfg).fit(source)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_fails_before_the_first_step(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        source, drawn = _counting(EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0))
+        trainer = Trainer(_model(), TrainConfig(steps=2, batch_episodes=1, progress=False,
+                                                checkpoint=str(ro / "m.pt")))
+        with pytest.raises(ValueError, match="is not writable"):
+            trainer.fit(source)
+        assert not drawn
+    finally:
+        ro.chmod(0o755)
+
+
+def test_writability_probe_leaves_nothing_behind(tmp_path):
+    training.check_writable(tmp_path / "sub" / "deeper" / "m.pt", "checkpoint")
+    assert list(tmp_path.iterdir()) == []  # no folder created, no probe file left
+    existing = tmp_path / "log.jsonl"
+    existing.write_text("old\n")
+    training.check_writable(existing, "log")
+    assert existing.read_text() == "old\n"
