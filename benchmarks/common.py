@@ -149,11 +149,11 @@ def config_key(config: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-_ROLES = {"train": 1, "test": 2, "init": 3, "mixed": 4}
+_ROLES = {"train": 1, "test": 2, "init": 3, "mixed": 4, "val": 5}
 
 
 def derive_seed(seed: int, role: str, *parts: int) -> int:
-    """An independent 63-bit seed for one role (``train``, ``test``, ``init``, ``mixed``)
+    """An independent 63-bit seed for one role (``train``, ``test``, ``init``, ``mixed``, ``val``)
     and setting, derived from the run's ``--seed`` by ``numpy.random.SeedSequence``."""
     ss = np.random.SeedSequence(entropy=int(seed) & ((1 << 63) - 1),
                                 spawn_key=(_ROLES[role],) + tuple(int(p) for p in parts))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["PUBLISHED", "SOURCES", "published_for", "PUBLISHED_SETTINGS"]
+__all__ = ["PUBLISHED", "SOURCES", "RECIPE_SOURCES", "published_for", "PUBLISHED_SETTINGS"]
 
 #: data set -> settings the tables report
 PUBLISHED_SETTINGS: Dict[str, List[Tuple[int, int]]] = {
@@ -30,6 +30,27 @@ SOURCES: Dict[str, str] = {
                    "Shot Learning. NIPS 2016 (as reported in Cai et al. 2018, Tables 1 and 2).",
     "snell2017": "Snell, Swersky, Zemel. Prototypical Networks for Few-shot Learning. NIPS 2017, "
                  "Tables 1 and 2 (not in the MM-Net paper's tables).",
+    "learn2learn": "Arnold, Mahajan, Datta, Bunner, Zarkias. learn2learn: A Library for Meta-Learning Research. "
+                   "arXiv:2008.12284 (2020); learn2learn 0.2.0, learn2learn/vision/models/cnn4.py (OmniglotCNN, "
+                   "maml_init_).",
+}
+
+#: (method, recipe) -> what the recipe takes from its source (benchmarks/recipes.py; every
+#: record names its recipe and source key). Where a source is silent the recipe says so.
+RECIPE_SOURCES: Dict[Tuple[str, str], str] = {
+    ("mmnet", "published"): "cai2018 section 4.2: Adam, learning rate 1e-3 halved every 20,000 iterations, "
+                            "16 episodes a batch on Omniglot, 4 on miniImageNet.",
+    ("mmnet-mixed", "published"): "cai2018 sections 3.5 and 4.2: as mmnet, every episode drawing its own C and k.",
+    ("maml", "published"): "finn2017 section 5.2 and appendix A.1: Omniglot 5-way inner lr 0.4, 1 step in "
+                           "training and 3 at test, meta-batch 32; 20-way 0.1, 5 steps, meta-batch 16; meta "
+                           "lr 1e-3 (Adam). The test-time inner lr x steps is chosen on the val split (ours).",
+    ("maml", "l2l-init"): "finn2017 as above, initialised as learn2learn's OmniglotCNN (learn2learn).",
+    ("protonet", "published"): "snell2017 sections 2.2 and 3.1: Adam, learning rate 1e-3 halved every 2,000 "
+                               "episodes, no regularisation but batch norm; Omniglot trained with 60 classes "
+                               "and 5 query points per episode (--protonet-train-ways 60).",
+    ("matchingnet", "published"): "vinyals2016 section 4.1 and Table 1: the Omniglot row is without full "
+                                  "context embeddings, cosine distance; the optimiser is not stated (ours: "
+                                  "snell2017's Adam schedule).",
 }
 
 # (method row, data set) -> {setting: (accuracy %, ci95 % or None)}, plus the source key and

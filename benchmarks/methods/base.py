@@ -49,7 +49,8 @@ class MethodContext:
         in_channels: image channels.
         image_size: square image side.
         device: where to train and test.
-        train_episodes: the training budget in episodes (for schedules).
+        train_episodes: the training budget in episodes (for schedules); ``None`` under
+            ``--budget-seconds`` without an episode cap.
     """
 
     dataset: str
@@ -58,7 +59,7 @@ class MethodContext:
     in_channels: int
     image_size: int
     device: torch.device
-    train_episodes: int
+    train_episodes: Optional[int]
 
 
 class Method:
@@ -78,9 +79,55 @@ class Method:
     #: True for a method trained once and tested on every setting (``mmnet-mixed``)
     trained_once: bool = False
 
-    def __init__(self, ctx: MethodContext) -> None:
+    #: recipe name -> :class:`benchmarks.recipes.Recipe` (sources in benchmarks/published.py)
+    RECIPES: Dict[str, Any] = {}
+
+    def __init__(self, ctx: MethodContext, recipe: str = "harness", options: Optional[Dict[str, Any]] = None) -> None:
+        """
+        Args:
+            ctx: the job's context.
+            recipe: a key of :attr:`RECIPES` (see :mod:`benchmarks.recipes`).
+            options: method options from the command line (e.g. ``protonet_train_ways``).
+
+        Raises:
+            ValueError: an unknown recipe (the harness checks before it builds anything).
+        """
+        if self.RECIPES and recipe not in self.RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r} for method {self.name}; "
+                             f"{self.name} knows: {', '.join(self.RECIPES)}")
         self.ctx = ctx
+        self.recipe = recipe
+        self.options: Dict[str, Any] = dict(options or {})
         self.model: Optional[nn.Module] = None
+        #: set by the harness's budget rule; ``None``: the recipe's batch
+        self.batch_override: Optional[int] = None
+
+    # ------------------------------------------------------------------ recipe
+    def recipe_info(self) -> Dict[str, str]:
+        """``{"name", "source", "summary"}`` of the recipe in use."""
+        r = self.RECIPES.get(self.recipe)
+        return r.to_dict() if r is not None else {"name": self.recipe, "source": "", "summary": ""}
+
+    def display_label(self) -> str:
+        """The name on the leaderboard for this recipe (default :attr:`label`)."""
+        return self.label
+
+    def recipe_batch(self) -> int:
+        """Episodes a step the recipe asks for, before the harness's budget rule."""
+        return 1
+
+    def val_choices(self) -> Sequence[Dict[str, Any]]:
+        """Test-time settings the recipe chooses on the val split after training (e.g.
+        MAML's inner learning rate), first = the default; empty: nothing to choose."""
+        return ()
+
+    def set_choice(self, choice: Dict[str, Any]) -> None:
+        """Use one of :meth:`val_choices` from now on (at test)."""
+
+    def train_stream_override(self) -> Optional[Dict[str, Any]]:
+        """``None`` (the method trains on the shared stream), or the ``ways`` / ``shots`` /
+        ``queries`` of its own training stream (same seed), e.g. ProtoNet's 60-way episodes."""
+        return None
 
     # ------------------------------------------------------------------ availability
     @classmethod
@@ -110,8 +157,9 @@ class Method:
 
     @property
     def episodes_per_step(self) -> int:
-        """How many episodes of the shared stream one :meth:`train_step` consumes."""
-        return 1
+        """How many episodes of the stream one :meth:`train_step` consumes: the budget rule's
+        batch when the harness set one, else :meth:`recipe_batch`."""
+        return int(self.batch_override) if self.batch_override else self.recipe_batch()
 
     # ------------------------------------------------------------------ work
     def build(self) -> None:
@@ -148,11 +196,13 @@ def count_parameters(module: Optional[nn.Module]) -> int:
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
 
 
-def conv4_backbone(ctx: MethodContext) -> Tuple[nn.Module, int]:
-    """The shared Conv-4 backbone for this context and its embedding size ``Dz``."""
+def conv4_backbone(ctx: MethodContext, bias: bool = False) -> Tuple[nn.Module, int]:
+    """The shared Conv-4 backbone for this context and its embedding size ``Dz``
+    (``bias``: convolution biases, as in Finn et al.'s network)."""
     from mmnet_plugin.models import Conv4, embedding_dim
 
-    return Conv4(in_channels=ctx.in_channels, hidden=64), embedding_dim(ctx.in_channels, ctx.image_size, 64)
+    return (Conv4(in_channels=ctx.in_channels, hidden=64, bias=bias),
+            embedding_dim(ctx.in_channels, ctx.image_size, 64))
 
 
 def halving_scheduler(optimizer: torch.optim.Optimizer, every: int) -> torch.optim.lr_scheduler.StepLR:

@@ -28,9 +28,21 @@ import torch
 
 from mmnet_plugin.episodes import Episode
 
+from benchmarks.recipes import Recipe
+
 from .base import Method, Predictor, halving_scheduler
 
 __all__ = ["MMNetMethod", "paper_batch_episodes", "MIN_STEPS"]
+
+_RECIPES = {
+    "published": Recipe("published", "cai2018",
+                        "Cai et al. section 4.2: Adam, learning rate 1e-3 halved every 20,000 steps, 16 episodes "
+                        "a step (4 on miniImageNet), the loss of Eq. 8; MMNet's defaults; the batch is shrunk by "
+                        "the harness's budget rule like every method's."),
+    "harness": Recipe("harness", "cai2018",
+                      "as published, with the harness's rule before issue 12: min(16, budget // 200) episodes a "
+                      "step (MM-Net only)."),
+}
 
 MIN_STEPS = 200
 
@@ -46,6 +58,8 @@ class MMNetMethod(Method):
     notes = ("mmnet_plugin.MMNet trained per setting on the shared stream (the paper's MM-Net-, "
              "no mixed strategy); batch norm uses running statistics at test.")
 
+    RECIPES = _RECIPES
+
     def _train_config(self) -> Dict[str, Any]:
         from mmnet_plugin.training import TrainConfig
 
@@ -60,13 +74,16 @@ class MMNetMethod(Method):
         from mmnet_plugin.models import MMNet
 
         probe = MMNet(**self._model_options())
-        return {"batch_episodes": self.episodes_per_step, "optimizer": "Adam",
+        return {"recipe": self.recipe, "recipe_batch_episodes": self.recipe_batch(), "optimizer": "Adam",
                 **self._train_config(), "model": probe.extra_repr()}
 
-    @property
-    def episodes_per_step(self) -> int:
-        """The paper's batch, shrunk so the budget gives at least ``MIN_STEPS`` steps."""
-        return max(1, min(paper_batch_episodes(self.ctx.dataset), self.ctx.train_episodes // MIN_STEPS))
+    def recipe_batch(self) -> int:
+        """``published``: the paper's batch. ``harness``: the paper's batch, shrunk so the
+        budget gives at least ``MIN_STEPS`` steps (the paper's batch without an episode budget)."""
+        paper = paper_batch_episodes(self.ctx.dataset)
+        if self.recipe == "harness" and self.ctx.train_episodes is not None:
+            return max(1, min(paper, self.ctx.train_episodes // MIN_STEPS))
+        return paper
 
     def build(self) -> None:
         from mmnet_plugin.models import MMNet

@@ -7,21 +7,58 @@ episodes (Snell et al., section 3.2). Snell trained Omniglot with 60-way episode
 method shares the same training stream (the test setting's C and k, 15 queries per class).
 Batch norm uses running statistics at test (``model.eval()``).
 
+Recipes (``--recipe``): ``published`` follows Snell et al. (sections 2.2 and 3.1): 5 query
+points per class in training (the first 5 of each class in the shared stream's 15, so the
+stream stays the one every method sees), Adam 1e-3 halved every 2,000 episodes, and
+training episodes of ``--protonet-train-ways`` classes when given (Snell used 60 on
+Omniglot; that is a stream of its own, same seed, with 5 queries). ``harness`` is the
+recipe before issue 12: every query of the shared stream.
+
 easyfsl is imported only when this method runs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mmnet_plugin.episodes import Episode
 
+from benchmarks.recipes import Recipe
+
 from .base import Method, Predictor, conv4_backbone, halving_scheduler
 
-__all__ = ["ProtoNetMethod"]
+__all__ = ["ProtoNetMethod", "first_queries"]
+
+#: Snell et al.'s training queries per class
+SNELL_TRAIN_QUERIES = 5
+
+
+def first_queries(episode: Episode, per_class: int) -> Episode:
+    """``episode`` with only the first ``per_class`` query images of each class (in the
+    episode's query order); the episode itself when it has no more than that."""
+    qy = episode.query_y
+    counts = torch.bincount(qy)
+    if int(counts.max()) <= per_class:
+        return episode
+    rank = torch.zeros_like(qy)
+    for c in range(int(counts.numel())):
+        where = (qy == c).nonzero(as_tuple=True)[0]
+        rank[where] = torch.arange(where.numel(), device=qy.device)
+    keep = (rank < per_class).nonzero(as_tuple=True)[0]
+    return Episode(support_x=episode.support_x, support_y=episode.support_y,
+                   query_x=episode.query_x[keep], query_y=qy[keep], class_ids=episode.class_ids)
+
+
+_RECIPES = {
+    "published": Recipe("published", "snell2017",
+                        "Snell et al.: Euclidean prototypes, 5 training queries per class, Adam 1e-3 halved every "
+                        "2,000 episodes, training way --protonet-train-ways (Snell: 60; default the setting's)."),
+    "harness": Recipe("harness", "snell2017",
+                      "as published but with the shared stream's 15 training queries per class (before issue 12)."),
+}
 
 
 class ProtoNetMethod(Method):
@@ -31,10 +68,27 @@ class ProtoNetMethod(Method):
     requires = (("easyfsl", "pip install easyfsl"),)
     lr = 1e-3
     lr_halve_every_episodes = 2000
+    RECIPES = _RECIPES
+
+    def _train_queries(self) -> Optional[int]:
+        """Training queries per class the recipe uses (``None``: all the stream has)."""
+        return SNELL_TRAIN_QUERIES if self.recipe == "published" else None
+
+    def _train_ways(self) -> Optional[int]:
+        ways = self.options.get("protonet_train_ways")
+        return int(ways) if (self.recipe == "published" and ways and int(ways) != self.ctx.ways) else None
+
+    def train_stream_override(self) -> Optional[Dict[str, Any]]:
+        ways = self._train_ways()
+        if ways is None:
+            return None
+        return {"ways": ways, "queries": SNELL_TRAIN_QUERIES}
 
     def hyperparameters(self) -> Dict[str, Any]:
-        return {"optimizer": "Adam", "lr": self.lr, "lr_halve_every_steps": self.lr_halve_every_episodes,
-                "episodes_per_step": 1, "loss": self._loss_name()}
+        return {"recipe": self.recipe, "optimizer": "Adam", "lr": self.lr,
+                "lr_halve_every_steps": self.lr_halve_every_episodes, "recipe_batch_episodes": 1,
+                "loss": self._loss_name(), "train_queries_per_class": self._train_queries() or "all",
+                "train_ways": self._train_ways() or "setting"}
 
     def _loss_name(self) -> str:
         return "cross_entropy(-euclidean distance)"
@@ -58,7 +112,10 @@ class ProtoNetMethod(Method):
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        q = self._train_queries()
         for ep in batch:
+            if q is not None:
+                ep = first_queries(ep, q)
             model.process_support_set(ep.support_x, ep.support_y)
             loss = self._loss(model(ep.query_x), ep.query_y) / len(batch)
             loss.backward()
