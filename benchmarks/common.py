@@ -228,11 +228,22 @@ def source_digest(root: Union[str, Path] = REPO_ROOT) -> str:
 
 
 def code_identity(root: Union[str, Path] = REPO_ROOT) -> Dict[str, Any]:
-    """What code made a result: ``{"commit", "dirty", "source_sha256"}`` (the git commit
-    and whether the tree had uncommitted changes, ``None`` outside git; and
-    :func:`source_digest`, which decides whether a stored result may be reused)."""
+    """What code made a result: ``{"commit", "dirty", "source_sha256",
+    "uncommitted_source_files"}`` (the git commit, whether the tree had uncommitted
+    changes and which ``.py`` files of the package and harness they touch, ``None`` outside
+    git; and :func:`source_digest`, which decides whether a stored result may be reused)."""
     info = git_commit(root)
-    return {"commit": info["commit"], "dirty": info["dirty"], "source_sha256": source_digest(root)}
+    dirty: Optional[list] = None
+    try:
+        res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *_SOURCE_TREES],
+                             cwd=str(root), capture_output=True, text=True, timeout=10)
+        if res.returncode == 0:
+            dirty = sorted({line[3:].strip() for line in res.stdout.splitlines()
+                            if line[3:].strip().endswith(".py") and "/results/" not in line})
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"commit": info["commit"], "dirty": info["dirty"], "source_sha256": source_digest(root),
+            "uncommitted_source_files": dirty}
 
 
 class ImageDigest:
