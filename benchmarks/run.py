@@ -918,6 +918,7 @@ def run_job(job: Job, train_ds: Any, val_ds: Any, test_ds: Any, output: Path, pr
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     ckpt = output / "checkpoints" / f"{job.cls.name}-{job.train_key}.pt"
     t_job = time.perf_counter()
+    load_start = _load_average()
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(job.init_seed)
         with PeakMemory(device) as mem:
@@ -971,8 +972,18 @@ def run_job(job: Job, train_ds: Any, val_ds: Any, test_ds: Any, output: Path, pr
         "test_stream": job.test_stream, "val_stream": job.val_stream, "init_seed": job.init_seed,
         "key": job.key, "key_nocode": job.key_nocode, "train_key": job.train_key, "run_key": job.run["run_key"],
         "config_key": job.run["config_key"], "code": job.run["code"], "job_wall_s": time.perf_counter() - t_job,
+        "load_average": {"start": load_start, "end": _load_average()},
         "finished_at": _now(), "check": "ok",
     }
+
+
+def _load_average() -> Optional[List[float]]:
+    """The machine's 1, 5 and 15-minute load averages (``None`` where unknown): a time
+    budget means less compute on a machine that other jobs keep busy."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _failed(job_or_cls: Any, setting: Tuple[int, int], error: str) -> Dict[str, Any]:
