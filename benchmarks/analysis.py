@@ -66,7 +66,7 @@ __all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size", "row_standar
 PARTS = ("strategy", "dr", "tsne", "similarity", "ablations")
 PIPELINE_CHECK_EPISODES = 1000  # below this many training episodes per model, the report says "not evidence"
 PAPER_SCHEDULE_EPISODES = 20000 * 16  # the paper halves the learning rate every 20,000 steps of 16 episodes
-ABLATION_GROUPS = ("components", "memory_slots", "decision", "similarity_scale", "filter_init_scale")
+ABLATION_GROUPS = ("components", "query_branch", "memory_slots", "decision", "similarity_scale", "filter_init_scale")
 FORMAT = "mmnet-plugin/analysis/1"
 Setting = Tuple[int, int]
 
@@ -581,10 +581,11 @@ class Analysis:
         return {
             "components": [full, ("without memory read", {"use_memory_read": False}),
                            ("without contextual learner (static filters)", {"use_contextual_learner": False}),
-                           ("without query branch", {"use_query_branch": False}),
-                           ("paper query branch", {"query_branch": "paper"}),
-                           ("paper query branch, static filters",
-                            {"query_branch": "paper", "use_contextual_learner": False})],
+                           ("without query branch", {"use_query_branch": False})],
+            "query_branch": [("residual query branch (default)", {}),
+                             ("residual, static filters", {"use_contextual_learner": False}),
+                             ("paper query branch", {"query_branch": "paper"}),
+                             ("no query branch (f = g0)", {"use_query_branch": False})],
             "memory_slots": [("M = None (one per support item)", {}), ("M = 2", {"memory_slots": 2}),
                              ("M = 5", {"memory_slots": 5})],
             "decision": [("nearest", {}), ("class_mass", {"decision": "class_mass"})],

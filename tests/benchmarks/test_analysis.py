@@ -88,7 +88,8 @@ def test_tsne_and_similarity_figures(run_all: Path) -> None:
 
 def test_ablations_tables_and_curves(run_all: Path) -> None:
     groups = _results(run_all)["parts"]["ablations"]["groups"]
-    assert set(groups) == {"components", "memory_slots", "decision", "similarity_scale", "filter_init_scale"}
+    assert set(groups) == {"components", "query_branch", "memory_slots", "decision", "similarity_scale",
+                           "filter_init_scale"}
     fp = _results(run_all)["test_fingerprints"]["5w5s"]
     for name, g in groups.items():
         _check_png(run_all / f"curves_{name}.png", 300, 200)
