@@ -3,7 +3,9 @@
 #
 #   A. the MM-Net table (benchmarks/omniglot_mmnet.sh): the mixed-strategy model first, then
 #      uniform models, each trained for at most its TIME_LIMIT and tested on 1,000 episodes;
-#   B. the leaderboard (benchmarks/run.py): all methods, 5w1s,5w5s,20w1s,20w5s, same episodes;
+#   B. the leaderboard (benchmarks/run.py): all methods, 5w1s,5w5s,20w1s,20w5s, same episodes,
+#      published recipes, validated on the val split (an episode budget, since the jobs share
+#      the GPU; the equal-compute table is benchmarks/gpu_leaderboard.sh, run alone);
 #   C. the analysis (benchmarks/analysis.py): one part after another, each part's report kept;
 #   D. then, alone on the GPU, benchmarks/speed.py (at most SPEED_TIME seconds, default 90).
 #
@@ -98,7 +100,8 @@ log "extras installed: $(tail -1 "$work/install.txt" 2>/dev/null)"
 if want B; then
   PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "$(left)" "$py" benchmarks/run.py --dataset omniglot \
   --device "$device" --methods mmnet-mixed,mmnet,protonet,matchingnet,maml \
-  --settings 5w1s,5w5s,20w1s,20w5s --train-split trainval --train-episodes "$bench_episodes" \
+  --settings 5w1s,5w5s,20w1s,20w5s --train-split train --recipe published --train-episodes "$bench_episodes" \
+  --val-points 5 --val-episodes 100 \
   --test-episodes "${TEST_EPISODES:-500}" --no-progress --output "$work/leaderboard" > "$work/leaderboard.log" 2>&1
   log "B leaderboard ended rc=$?"
 fi
