@@ -128,9 +128,7 @@ def _load(args: argparse.Namespace, split: str) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
-    from .training import TrainConfig, Trainer
-
-    from .training import check_bf16, check_writable
+    from .training import TrainConfig, Trainer, check_bf16, check_writable
 
     device = resolve_device(args.device)
     if args.resume and not args.checkpoint:
@@ -213,11 +211,16 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
     if v == "test":
         return ("--val-split test: the best checkpoint (<checkpoint>.best.pt) would be chosen on the test split; "
                 "validate on val and keep test for the final figure")
-    if t == v or v in _INSIDE.get(t, ()) or t in _INSIDE.get(v, ()):
-        return (f"--val-split {val_split} lies inside --split {train_split}: validation classes are training "
-                "classes, so validation accuracy (and <checkpoint>.best.pt) measure fit, not few-shot "
-                "generalisation; train on train to validate on val")
-    return None
+    if t == v:
+        where = f"--val-split {val_split} is the training split"
+    elif v in _INSIDE.get(t, ()):
+        where = f"--val-split {val_split} lies inside --split {train_split}"
+    elif t in _INSIDE.get(v, ()):
+        where = f"--val-split {val_split} contains --split {train_split}"
+    else:
+        return None
+    return (f"{where}: validation classes are training classes, so validation accuracy (and "
+            "<checkpoint>.best.pt) measure fit, not few-shot generalisation; train on train to validate on val")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

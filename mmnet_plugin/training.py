@@ -315,6 +315,8 @@ class Trainer:
         self.best_val: Optional[float] = None
         self.history: List[Dict[str, Any]] = []
         self.stopped_early = False
+        #: What the last :meth:`fit` ran with (its start record in the log): schedule, bf16, device.
+        self.run_info: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self, source: Any = None) -> Dict[str, Any]:
@@ -416,7 +418,11 @@ class Trainer:
             resume: continue from ``config.checkpoint`` when that file exists.
 
         Returns:
-            The log records of this call (also appended to ``config.log_path``). When
+            The log records of this call (also appended to ``config.log_path``). The log file
+            gets one more record first (when any step is left), :attr:`run_info`, that states
+            the run: ``{"step": <start step>, "start": True, "lr_schedule":
+            <TrainConfig.schedule()>, "bf16_autocast": ..., "device": ..., "steps": ...,
+            "batch_episodes": ...}``. When
             ``config.time_limit`` stops the run early, the last record is
             ``{"step": ..., "stopped": "time_limit", "seconds": ...}`` and
             :attr:`stopped_early` is true.
@@ -439,10 +445,11 @@ class Trainer:
         if resume and cfg.checkpoint:
             self.resume(cfg.checkpoint, source)
         records: List[Dict[str, Any]] = []
+        self.run_info = {"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
+                         "bf16_autocast": self.autocast, "device": str(self.device),
+                         "steps": cfg.steps, "batch_episodes": cfg.batch_episodes}
         if self.step < cfg.steps:
-            self._log({"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
-                       "bf16_autocast": self.autocast, "device": str(self.device),
-                       "steps": cfg.steps, "batch_episodes": cfg.batch_episodes}, records)
+            self._write_log(self.run_info)
         iterator: Iterator[Episode] = iter(source)
         bar = None
         if cfg.progress and self.step < cfg.steps:
@@ -530,6 +537,9 @@ class Trainer:
     def _log(self, record: Dict[str, Any], records: list) -> None:
         records.append(record)
         self.history.append(record)
+        self._write_log(record)
+
+    def _write_log(self, record: Dict[str, Any]) -> None:
         if self.config.log_path:
             path = Path(self.config.log_path)
             path.parent.mkdir(parents=True, exist_ok=True)

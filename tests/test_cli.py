@@ -118,7 +118,8 @@ def test_bf16_trains_on_the_cpu(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("split, val_split, warned", [
     ("trainval", "val", "--val-split val lies inside --split trainval: validation classes are training classes"),
-    ("train", "train", "--val-split train lies inside --split train"),
+    ("train", "train", "--val-split train is the training split: validation classes are training classes"),
+    ("train", "trainval", "--val-split trainval contains --split train: validation classes"),
     ("train", "test", "--val-split test: the best checkpoint"),
     ("train", "val", None),
 ])
