@@ -101,6 +101,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 0.125; 1 is the paper's raw dot product)")
     group.add_argument("--decision", choices=("nearest", "class_mass"), default="nearest",
                        help="decision rule (default nearest, the paper's)")
+    group.add_argument("--query-branch", choices=("residual", "paper", "none"), default="residual",
+                       help="query branch f: residual (default: g0 plus a gated support-conditioned branch that "
+                            "starts closed), paper (the factorized block in place of Conv-4's fourth) or none (f = g0)")
 
 
 def build_model(model_config: Dict[str, Any], seed: int = 0) -> torch.nn.Module:
@@ -153,6 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         "memory_slots": args.memory_slots,
         "similarity_scale": args.similarity_scale,
         "decision": args.decision,
+        **({"use_query_branch": False} if args.query_branch == "none" else {"query_branch": args.query_branch}),
     }
     sampler = EpisodeSampler(train_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
     model = build_model(model_config, seed=args.seed)
@@ -226,16 +230,10 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
-    from .training import load_checkpoint
+    from .models import MMNet
 
     device = resolve_device(args.device)
-    state = load_checkpoint(args.checkpoint)
-    model_config = state.get("model_config") or {}
-    if not model_config:
-        raise ValueError(f"{args.checkpoint} holds no model configuration; it was not written by mmnet train")
-    model = build_model(model_config)
-    model.load_state_dict(state["model"])
-    model.to(device)
+    model = MMNet.from_checkpoint(args.checkpoint, map_location=device)
     test_set = _load(args, args.split)
     sampler = EpisodeSampler(test_set, ways=args.ways, shots=args.shots, queries=args.queries,
                              seed=args.seed, episodes=args.episodes)

@@ -63,6 +63,30 @@ def test_runtime_errors_give_one_line(tmp_path, capsys):
     assert err.startswith("mmnet: error:") and "nowhere" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("form", ["paper", "none"])
+def test_query_branch_option_is_trained_saved_and_evaluated(tmp_path, capsys, form):
+    import torch
+
+    from mmnet_plugin.models import MMNet
+
+    ckpt = tmp_path / "m.pt"
+    args = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress"]
+    assert main(["train", *args, "--steps", "1", "--batch-episodes", "1", "--dm", "8", "--dr", "8",
+                 "--query-branch", form, "--checkpoint", str(ckpt)]) == 0
+    model = MMNet.from_checkpoint(ckpt)
+    assert model.use_query_branch == (form != "none") and (form == "none" or model.query_branch == form)
+    assert main(["evaluate", *args, "--checkpoint", str(ckpt), "--episodes", "2"]) == 0
+    capsys.readouterr()
+    # weights that do not fit the stored configuration: one line naming the file, no traceback
+    state = torch.load(ckpt, weights_only=True)
+    state["model_config"]["dm"] = 16
+    torch.save(state, tmp_path / "edited.pt")
+    assert main(["evaluate", *args, "--checkpoint", str(tmp_path / "edited.pt"), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmnet: error:") and "edited.pt: the weights do not fit" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_settings_syntax():
     assert parse_settings("5w1s, 20W5S,5w1s") == [(5, 1), (20, 5)]
     with pytest.raises(ValueError, match="<ways>w<shots>s"):

@@ -132,7 +132,7 @@ class MMNetOutput:
         """
         if self.query_labels is None:
             raise ValueError("the loss needs query labels: every episode must have query_y")
-        log_p = torch.log_softmax(self.similarities, dim=2)
+        log_p = torch.log_softmax(self.similarities.float(), dim=2)   # float32 under bf16 autocast too
         match = (self.support_labels.unsqueeze(1) == self.query_labels.unsqueeze(2))
         match = match & self.support_mask.unsqueeze(1) & self.query_mask.unsqueeze(2)
         per_query = -log_p.masked_fill(~match, 0.0).sum(dim=2)                  # [B, Nq]
@@ -482,6 +482,9 @@ class MMNet(nn.Module):
         if self.decision == "nearest":
             return base.scatter_reduce(2, index, sim, reduce="amax", include_self=True)
         # class_mass: log sum_{n in class} softmax_n(P), a per-class logsumexp of log-probs
+        # (in float32, also under bf16 autocast)
+        sim = sim.float()
+        base = base.float()
         log_p = torch.log_softmax(sim, dim=2)
         shift = base.scatter_reduce(2, index, log_p.detach(), reduce="amax", include_self=True)
         mass = torch.zeros_like(base).scatter_add(2, index, (log_p - shift.gather(2, index)).exp())

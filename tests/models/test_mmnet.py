@@ -340,3 +340,16 @@ def test_from_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "bare.pt").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupt"):
         MMNet.from_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("decision", ["nearest", "class_mass"])
+def test_loss_and_class_mass_are_float32_under_bf16_autocast(decision):
+    model = tiny(decision=decision).train()
+    eps = [make_episode(3, 2, 2, 0), make_episode(4, 1, 2, 1)]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model.forward_batch(eps)
+        loss = out.episode_losses().mean()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    if decision == "class_mass":
+        assert out.class_scores.dtype == torch.float32
+    loss.backward()
