@@ -281,3 +281,18 @@ def test_read_only_output_is_one_line(tmp_path, capsys, no_training):
     finally:
         ro.chmod(0o700)
     assert "not writable" in capsys.readouterr().err
+
+
+def test_protonet_train_ways_is_its_own_stream_with_five_queries(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _main(out, "--methods", "protonet,matchingnet", "--recipe", "published", "--protonet-train-ways", "8",
+                 "--train-episodes", "3", "--test-episodes", "3") == 0
+    recs = _records(out)
+    p, m = recs["protonet"], recs["matchingnet"]
+    assert p["train_stream"]["ways"] == [8, 8] and p["train_stream"]["queries"] == 5 and not p["shared_stream"]
+    assert p["train_stream"]["seed"] == m["train_stream"]["seed"] and m["shared_stream"]
+    assert p["train_fingerprint"] != m["train_fingerprint"] and p["check"] == "ok"  # not compared: its own stream
+    assert p["test_fingerprint"] == m["test_fingerprint"]
+    with pytest.raises(SystemExit) as exc:
+        _main(tmp_path / "o2", "--methods", "protonet", "--recipe", "harness", "--protonet-train-ways", "8")
+    assert exc.value.code == 2 and "published" in capsys.readouterr().err
