@@ -61,6 +61,7 @@ import torch
 from mmnet_plugin.arguments import (
     add_common_arguments,
     format_setting,
+    non_negative_int,
     positive_int,
     range_arg,
     resolve_device,
@@ -146,17 +147,6 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}; e.g. 120")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
     return value
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "range_arg",
     "ways_arg",
     "positive_int",
+    "non_negative_int",
     "parse_settings",
     "settings_arg",
     "resolve_device",
@@ -30,15 +31,24 @@ __all__ = [
 _SETTING = re.compile(r"^\s*(\d+)\s*w\s*(\d+)\s*s\s*$", re.IGNORECASE)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a number of at least {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    return _int_at_least(text, 0)
 
 
 def range_arg(text: str) -> IntOrRange:
