@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from mmnet_plugin.training import CheckpointError as _PackageCheckpointError
+
 __all__ = [
     "REPO_ROOT",
     "atomic_write_text",
@@ -93,9 +95,11 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-class CheckpointError(ValueError):
+class CheckpointError(_PackageCheckpointError, ValueError):
     """A checkpoint file cannot be used: unreadable, truncated, or holding more than
-    tensors and plain containers (which ``weights_only=True`` refuses to unpickle)."""
+    tensors and plain containers (which ``weights_only=True`` refuses to unpickle).
+    The package's :class:`mmnet_plugin.training.CheckpointError` and a ``ValueError``
+    both catch it."""
 
 
 def safe_torch_load(path: Union[str, Path], map_location: Any = None) -> Any:
