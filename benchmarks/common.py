@@ -316,6 +316,12 @@ def device_description(device: torch.device) -> Dict[str, Any]:
         from mmnet_plugin.runtime import cpu_allocator_state
 
         info["cpu_allocator"] = cpu_allocator_state()
+        # the instruction set decides which oneDNN and ATen kernels run, and so their float
+        # rounding: at small budgets results differ by points between AVX2 and AVX-512 CPUs
+        # (README, "The bare command"); ONEDNN_MAX_CPU_ISA=AVX2 reproduces an AVX2 machine
+        get_capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        info["cpu_capability"] = get_capability() if callable(get_capability) else None
+        info["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
         info["name"] = platform.processor() or platform.machine()
         with contextlib.suppress(OSError):
             for line in Path("/proc/cpuinfo").read_text().splitlines():
