@@ -90,7 +90,7 @@ from benchmarks.common import (
     stream_fingerprint,
     versions,
 )
-from benchmarks.methods import METHODS, Method, MethodContext, MethodUnavailable, mixed_ranges
+from benchmarks.methods import METHODS, Method, MethodContext, MethodUnavailable, mixed_ranges, resolve_method
 from benchmarks.published import PUBLISHED, PUBLISHED_SETTINGS, SOURCES, published_for
 from benchmarks.recipes import DEFAULT_MIN_STEPS, RecipeError, default_recipe, parse_recipe_spec, rule_batch
 
@@ -129,13 +129,15 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _methods_arg(text: str) -> List[str]:
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    if not names:
+    specs = [t.strip() for t in text.split(",") if t.strip()]
+    if not specs:
         raise argparse.ArgumentTypeError("no methods given; e.g. --methods mmnet,maml")
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    names = []
+    for spec in specs:
+        try:
+            names.append(resolve_method(spec))        # a built-in name, module:Class or an entry point
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return list(dict.fromkeys(names))
 
 
@@ -159,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_arguments(p)
     p.add_argument("--methods", type=_methods_arg, default=list(DEFAULT_METHODS),
-                   help=f"comma-separated, from: {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+                   help=f"comma-separated, from: {', '.join(METHODS)}, or your own as module:Class or an entry point "
+                        f"of the group mmnet_plugin.methods (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--settings", type=settings_arg, default=None,
                    help=f"C-way k-shot settings, e.g. 5w1s,20w5s (default {format_setting(*BARE['settings'][0])})")
     p.add_argument("--recipe", default=None,

@@ -206,3 +206,24 @@ def test_mmnet_batch_shrinks_so_small_budgets_get_enough_steps():
     assert batch("omniglot", 2000) == 2000 // MIN_STEPS
     assert batch("omniglot", 10 ** 6) == 16     # the paper's batch at real budgets
     assert batch("miniimagenet", 10 ** 6) == 4
+
+
+def test_a_method_of_your_own_runs_beside_the_built_in_ones(tmp_path, monkeypatch):
+    """``--methods module:Class`` imports, registers and runs a user's method (the example),
+    on the same episodes as a built-in one."""
+    from benchmarks.methods import resolve_method
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    out = tmp_path / "out"
+    code = harness.main(TINY + ["--methods", "custom_method:CosineCentroids,protonet", "--train-episodes", "8",
+                                "--test-episodes", "6", "--output", str(out)])
+    assert code == 0
+    recs = {r["method"]: r for r in _results(out)["records"]}
+    assert set(recs) == {"cosine-centroids", "protonet"}
+    assert recs["cosine-centroids"]["status"] == "ok"
+    assert recs["cosine-centroids"]["test_fingerprint"] == recs["protonet"]["test_fingerprint"]
+    assert resolve_method("cosine-centroids") == "cosine-centroids"   # registered now
+    for bad, message in (("custom_method:Nope", "has no 'Nope'"), ("no_such_module:X", "cannot import"),
+                         ("custom_method:_scores", "not a subclass"), ("nope", "unknown method")):
+        with pytest.raises(ValueError, match=message):
+            resolve_method(bad)
