@@ -214,6 +214,15 @@ def test_a_method_of_your_own_runs_beside_the_built_in_ones(tmp_path, monkeypatc
     from benchmarks.methods import resolve_method
 
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    saved = dict(METHODS)
+    try:
+        _run_own_method(tmp_path, resolve_method)
+    finally:  # the registry is process-wide: leave it as the other tests expect it
+        METHODS.clear()
+        METHODS.update(saved)
+
+
+def _run_own_method(tmp_path, resolve_method):
     out = tmp_path / "out"
     code = harness.main(TINY + ["--methods", "custom_method:CosineCentroids,protonet", "--train-episodes", "8",
                                 "--test-episodes", "6", "--output", str(out)])
