@@ -68,7 +68,8 @@ def episode_depthwise_conv(
     out = out.reshape(n_max, b, c, *out.shape[2:]).transpose(0, 1)          # [B, Nq_max, C, H', W']
     # real rows by index, computed on the host from the counts (a boolean mask would make
     # the device report how many rows it kept: a host synchronisation on a GPU)
-    keep = torch.tensor([e * n_max + i for e, n in enumerate(counts) for i in range(n)], device=x.device)
+    keep = (torch.arange(n_max).unsqueeze(0) < torch.tensor(counts).unsqueeze(1)).flatten().nonzero().squeeze(1)
+    keep = keep.to(x.device)
     return out.reshape(b * n_max, *out.shape[2:]).index_select(0, keep)
 
 
