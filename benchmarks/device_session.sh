@@ -40,8 +40,9 @@ bench_episodes="${BENCH_EPISODES:-2000}"
 analysis_steps="${ANALYSIS_STEPS:-300}"
 work="${WORK:-/tmp/device-runs}"
 mkdir -p "$work" "$out"
-export MMNET_DATA_ROOT="$carry/datasets" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 PYTHON="$py"
-export MMNET_CACHE_DIR="${MMNET_CACHE_DIR:-$carry/cache}"
+. benchmarks/device_env.sh
+device_data_env "$carry"
+export OMP_NUM_THREADS=2 PYTHON="$py"
 jobs="${JOBS:-A B C D}"
 want() { [[ " $jobs " == *" $1 "* ]]; }
 # SEED_DIR: the work folder of an earlier session (e.g. an unpacked device-runs.tgz); its
@@ -52,9 +53,7 @@ left() { local l=$(( deadline - (SECONDS - t0) )); echo $(( l > 1 ? l : 1 )); }
 log() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$work/session.txt"; }
 
 log "device $device; deadline ${deadline}s; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-  "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"; } \
-  | tee -a "$work/session.txt"
+device_header "$py" | tee -a "$work/session.txt"
 "$py" -c "from mmnet_plugin.data import load_dataset as l; [l('omniglot', split=s) for s in ('trainval', 'train', 'test')]" \
   || { log "cannot load Omniglot from $MMNET_DATA_ROOT"; exit 2; }
 log "data ready"

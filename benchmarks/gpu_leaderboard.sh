@@ -31,16 +31,14 @@ out="$(cd "$out" && pwd)"
 device="${DEVICE:-cuda}"
 py="${PYTHON:-python3}"
 deadline="${DEADLINE:-540}"
-export MMNET_DATA_ROOT="$carry/datasets" PYTHONUNBUFFERED=1
-export MMNET_CACHE_DIR="${MMNET_CACHE_DIR:-$carry/cache}"
+. benchmarks/device_env.sh
+device_data_env "$carry"
 t0=$SECONDS
 left() { local l=$(( deadline - (SECONDS - t0) )); echo $(( l > 1 ? l : 1 )); }
 log() { echo "[$(( SECONDS - t0 ))s] $*" | tee -a "$out/session.txt"; }
 
 log "device $device; deadline ${deadline}s; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-  "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"; } \
-  | tee -a "$out/session.txt"
+device_header "$py" | tee -a "$out/session.txt"
 
 site=/tmp/mmnet-site
 if [ -d "$carry/whl" ] && ! "$py" -c "import easyfsl, learn2learn" 2>/dev/null; then

@@ -33,15 +33,14 @@ out="${2:?usage: gpu_paper_schedule.sh CARRY_DIR OUT_DIR}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 py="${PYTHON:-python3}"
-export MMNET_DATA_ROOT="$carry/datasets" PYTHONUNBUFFERED=1
-export MMNET_CACHE_DIR="${MMNET_CACHE_DIR:-$carry/cache}"
+. benchmarks/device_env.sh
+device_data_env "$carry"
 extra=()
 [ "${BF16:-1}" = 1 ] && extra+=(--bf16)
 [ -n "${LR_SCHEDULE:-}" ] && extra+=(--lr-schedule "$LR_SCHEDULE")
 {
   echo "started $(date -u +%FT%TZ); git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-  "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
+  device_header "$py"
   echo "train_time=${TRAIN_TIME:-420}s steps=${STEPS:-20000} batch=16 ${extra[*]}"
 } | tee -a "$out/session.txt"
 STEPS="${STEPS:-20000}" BATCH=16 TIME_LIMIT="${TRAIN_TIME:-420}" MODELS=mixed SPLIT=trainval \
