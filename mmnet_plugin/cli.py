@@ -1,4 +1,7 @@
-"""The ``mmnet`` command: ``mmnet train`` and ``mmnet evaluate`` (also ``python -m mmnet_plugin``).
+"""The ``mmnet`` command: ``mmnet train``, ``mmnet evaluate`` and ``mmnet bench`` (also ``python -m mmnet_plugin``).
+
+``mmnet bench ...`` is the benchmark harness (:mod:`mmnet_plugin.bench`); its arguments are
+those of ``python benchmarks/run.py`` (``mmnet bench --help``).
 
 Examples::
 
@@ -249,6 +252,11 @@ def _fmt(v: Any) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``mmnet`` command. Errors print one line and exit with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench_main  # the harness is imported only when asked for
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataNotFoundError
