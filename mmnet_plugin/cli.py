@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test episodes scored in one batch (default 25; each is still scored on its own)")
     ev.add_argument("--checkpoint", required=True, help="checkpoint written by mmnet train")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # listed for --help only: main() hands `mmnet bench ...` to the harness before parsing
+    sub.add_parser("bench", add_help=False, help="the benchmark harness: MM-Net beside MAML, ProtoNet and "
+                                                   "Matching Networks on the same episodes (mmnet bench --help)")
     return parser
 
 
