@@ -5,7 +5,7 @@ Training draws tasks from a learn2learn ``Taskset`` (the ``l2l.vision.benchmarks
 Omniglot loader (Vinyals split, 28x28, rotations as classes); evaluation splits the test
 tasks with ``l2l.data.partition_task`` and scores them with ``l2l.utils.accuracy``.
 
-    pip install 'mmnet-plugin[learn2learn]'      # see the README for Python 3.11+
+    pip install learn2learn==0.2.0                # Python <= 3.10; on 3.11+ see the README
     MMNET_DATA_ROOT=/path/to/datasets python learn2learn_omniglot.py --steps 1000
 
 ``MMNET_DATA_ROOT`` (or ``--data-root``) is the folder holding ``omniglot/``;

@@ -18,6 +18,7 @@ torchmeta patch) raises :class:`ImportError` naming the exact install command.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import Dict
 
@@ -26,13 +27,21 @@ __all__ = ["INSTALL_HINTS", "FRAMEWORKS"]
 #: The import name of each supported framework.
 FRAMEWORKS = ("learn2learn", "torchmeta", "easyfsl")
 
+def _learn2learn_hint() -> str:
+    # learn2learn 0.2.0 is an sdist whose shipped C files predate Python 3.11: a plain
+    # `pip install learn2learn` (or an extra naming it) fails to build there, so say what works.
+    if sys.version_info >= (3, 11):
+        return (
+            "pip install cython setuptools wheel numpy && pip install --no-build-isolation --use-pep517 "
+            "-C--build-option=build_ext learn2learn==0.2.0 (on Python 3.11+ learn2learn 0.2.0 builds only "
+            "this way; then pip install 'numpy>=2' if pip downgraded numpy for qpth)"
+        )
+    return "pip install learn2learn==0.2.0"
+
+
 #: How to install each framework next to mmnet-plugin (the commands the test environment uses).
 INSTALL_HINTS: Dict[str, str] = {
-    "learn2learn": (
-        "pip install 'mmnet-plugin[learn2learn]' (on Python 3.11+ pip cannot build learn2learn "
-        "0.2.0 on its own; run: pip install cython setuptools wheel numpy && "
-        "pip install --no-build-isolation --use-pep517 -C--build-option=build_ext learn2learn==0.2.0)"
-    ),
+    "learn2learn": _learn2learn_hint(),
     "torchmeta": (
         "pip install h5py ordered-set requests tqdm && pip install --no-deps torchmeta==1.8.0 "
         "(torchmeta 1.8.0 pins torch<1.10, so install it without its pins; then call "
