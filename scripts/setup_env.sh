@@ -18,24 +18,37 @@ has() { "$venv/bin/python" -c "import importlib.metadata as m; m.version('$1')" 
 # torch first, so that the package's `torch>=2.1` is already met by the build chosen here.
 if ! has torch; then
   index="${MMNET_TORCH_INDEX:-}"
+  asked="$index"
   if [ -z "$index" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 || [ -e /dev/nvidia0 ]; then
       index=default
     else
       index=https://download.pytorch.org/whl/cpu
+      asked=$index
     fi
+  fi
+  if [ "$index" != default ] && ! "$venv/bin/python" - "$index" <<'PY'
+import sys, urllib.request
+try:  # does the index answer? (a machine without internet: no, and pip would retry per package)
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=15).close()
+except Exception as exc:
+    print(f"{sys.argv[1]} does not answer ({type(exc).__name__}): taking torch from pip's usual index", file=sys.stderr)
+    sys.exit(1)
+PY
+  then
+    index=default
   fi
   if [ "$index" = default ]; then
     pip install -q torch torchvision
   else
-    # An extra index: where it answers, its +cpu builds rank above PyPI's of the same version;
-    # where it does not (no internet), pip says so and takes PyPI's build.
-    pip install -q --timeout 20 --retries 1 --extra-index-url "$index" torch torchvision
+    # An extra index: its +cpu builds rank above PyPI's builds of the same version.
+    pip install -q --extra-index-url "$index" torch torchvision
   fi
-  "$venv/bin/python" - "$index" <<'PY'
+  "$venv/bin/python" - "$asked" <<'PY'
 import sys, torch
 build = "CUDA " + torch.version.cuda if torch.version.cuda else "CPU"
-note = "" if build == "CPU" or sys.argv[1] == "default" else f" (no CPU build came from {sys.argv[1]})"
+asked = sys.argv[1] not in ("", "default")
+note = f" ({sys.argv[1]} gave none; MMNET_TORCH_INDEX names another index)" if asked and build != "CPU" else ""
 print(f"torch {torch.__version__}: the {build} build{note}")
 PY
 fi
