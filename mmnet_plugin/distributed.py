@@ -1,0 +1,264 @@
+"""torch.distributed for several processes launched by ``torchrun``: the context and a few collectives.
+
+``torchrun --nproc-per-node N -m mmnet_plugin train ...`` starts N processes with ``WORLD_SIZE``,
+``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment.
+:func:`init_distributed` reads them, joins the process group (``gloo`` on the CPU, ``nccl`` on
+CUDA; ``env://`` initialisation) and returns a :class:`DistributedContext`. Without those
+variables, or with ``WORLD_SIZE=1``, it returns a single-process context and leaves
+``torch.distributed`` alone, so every helper here is also correct (and free) in one process:
+:func:`shard` gives all indices, :func:`gather_objects` returns ``[obj]``, :func:`barrier` does
+nothing.
+
+Nothing here prints or keeps state of its own; the only global state is torch.distributed's
+process group. Importing the module imports torch only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional
+
+import torch
+
+__all__ = [
+    "DistributedContext",
+    "SINGLE_PROCESS",
+    "init_distributed",
+    "destroy_distributed",
+    "shard",
+    "shard_sizes",
+    "gather_objects",
+    "broadcast_object",
+    "barrier",
+    "all_reduce_max",
+    "all_reduce_any",
+    "all_reduce_sum",
+]
+
+#: The backends :func:`init_distributed` accepts.
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands among the processes of one run.
+
+    Attributes:
+        rank: this process's rank, ``0 .. world_size - 1`` (``RANK``).
+        world_size: the number of processes (``WORLD_SIZE``).
+        local_rank: its rank on this machine (``LOCAL_RANK``); the CUDA device it uses.
+        backend: ``"gloo"`` or ``"nccl"`` when a process group is in use, ``None`` in a single
+            process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes checkpoints, logs and the progress bar."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is more than one process (collectives communicate)."""
+        return self.world_size > 1
+
+    def resolve_device(self, device: str) -> str:
+        """The device this rank trains on: ``"cuda"`` becomes ``"cuda:<local_rank>"`` when distributed.
+
+        Args:
+            device: ``cpu``, ``cuda`` or ``cuda:N``.
+
+        Returns:
+            ``device`` itself, except plain ``"cuda"`` under several processes.
+        """
+        if self.enabled and str(device) == "cuda":
+            return f"cuda:{self.local_rank}"
+        return str(device)
+
+
+#: The context of a run in one process.
+SINGLE_PROCESS = DistributedContext()
+
+
+def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer; launch with torchrun, "
+                         f"which sets it, or unset it for one process") from None
+
+
+def init_distributed(device: Optional[str] = None, backend: Optional[str] = None,
+                     env: Optional[Mapping[str, str]] = None) -> DistributedContext:
+    """Join the process group torchrun set up, or describe a single process.
+
+    Args:
+        device: the training device (``cpu``, ``cuda``, ``cuda:N``); ``None``: ``cuda`` when torch
+            sees a GPU, else ``cpu``. It picks the backend: ``nccl`` for CUDA, ``gloo`` for the CPU.
+        backend: force ``"gloo"`` or ``"nccl"`` (e.g. gloo for CUDA tensors); ``None``: by device.
+        env: the environment to read (default ``os.environ``); for tests.
+
+    Returns:
+        A :class:`DistributedContext`. When ``torch.distributed`` is already initialised (by the
+        caller), its rank and world size are used and nothing is initialised again. Without
+        ``WORLD_SIZE`` or with ``WORLD_SIZE=1``: the single-process context, torch.distributed
+        untouched. On CUDA, the current device is set to ``LOCAL_RANK``.
+
+    Raises:
+        ValueError: for torchrun variables that are not integers or out of range (``RANK`` outside
+            ``0 .. WORLD_SIZE-1``, ``RANK`` or ``MASTER_ADDR``/``MASTER_PORT`` missing), an unknown
+            backend, ``nccl`` or a CUDA device asked for where torch sees no GPU (or fewer GPUs than
+            ``LOCAL_RANK`` needs), or a torch built without distributed support.
+    """
+    env = os.environ if env is None else env
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown distributed backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    dist = torch.distributed
+    already = dist.is_available() and dist.is_initialized()
+    world = _env_int(env, "WORLD_SIZE")
+    if not already and (world is None or world == 1):
+        return SINGLE_PROCESS
+    if world is not None and world < 1:
+        raise ValueError(f"WORLD_SIZE={world} must be at least 1")
+    if not dist.is_available():
+        raise ValueError("this torch build has no torch.distributed; run in one process (without torchrun)")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if already:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = _env_int(env, "LOCAL_RANK")
+        local = rank if local is None else local
+        used = dist.get_backend()
+    else:
+        rank = _env_int(env, "RANK")
+        if rank is None:
+            raise ValueError(f"WORLD_SIZE={world} is set but RANK is not; launch with torchrun, which sets both")
+        if not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+        local = _env_int(env, "LOCAL_RANK")
+        local = rank if local is None else local
+        if local < 0:
+            raise ValueError(f"LOCAL_RANK={local} must be 0 or more")
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not env.get(name):
+                raise ValueError(f"{name} is not set (env:// initialisation needs it); launch with torchrun")
+        used = backend or ("nccl" if dev.type == "cuda" else "gloo")
+    if used == "nccl" and not torch.cuda.is_available():
+        raise ValueError("the nccl backend needs a CUDA GPU and torch sees none; "
+                         "train on the CPU (--device cpu, gloo) or on a machine with GPUs")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
+        index = dev.index if dev.index is not None else local
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"rank {rank} needs CUDA device {index} but torch sees {torch.cuda.device_count()}; "
+                             "start at most as many processes per node as there are GPUs")
+        torch.cuda.set_device(index)
+    if not already:
+        if used == "nccl" and not dist.is_nccl_available():
+            raise ValueError("this torch build has no nccl backend; use gloo")
+        if used == "gloo" and not dist.is_gloo_available():
+            raise ValueError("this torch build has no gloo backend; use nccl on GPUs")
+        dist.init_process_group(backend=used, init_method="env://", rank=rank, world_size=world)
+    return DistributedContext(rank=int(rank), world_size=int(world), local_rank=int(local), backend=str(used))
+
+
+def destroy_distributed(ctx: DistributedContext) -> None:
+    """Leave the process group (a no-op in one process or when none is initialised)."""
+    if ctx.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def shard(n: int, ctx: DistributedContext) -> range:
+    """The indices of ``n`` items that this rank handles: ``range(rank, n, world_size)``.
+
+    Strided, so every rank's share differs by at most one item and the shares of all ranks,
+    put together, are ``range(n)`` exactly once.
+
+    Args:
+        n: the number of items (0 or more).
+        ctx: the context.
+
+    Returns:
+        A range (empty when ``n <= rank``).
+
+    Raises:
+        ValueError: for a negative ``n``.
+    """
+    if n < 0:
+        raise ValueError(f"cannot shard a negative number of items ({n})")
+    return range(ctx.rank, n, ctx.world_size)
+
+
+def shard_sizes(n: int, ctx: DistributedContext) -> List[int]:
+    """How many of ``n`` items each rank handles under :func:`shard` (index = rank)."""
+    return [len(range(r, n, ctx.world_size)) for r in range(ctx.world_size)]
+
+
+def _collective_device(ctx: DistributedContext) -> torch.device:
+    if ctx.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_objects(obj: Any, ctx: DistributedContext) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (``all_gather_object``).
+
+    Returns:
+        ``[obj_rank0, obj_rank1, ...]``; ``[obj]`` in one process.
+    """
+    if not ctx.enabled:
+        return [obj]
+    out: List[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: DistributedContext, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (the others' ``obj`` is ignored); ``obj`` in one process."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier(ctx: DistributedContext) -> None:
+    """Wait until every rank gets here (nothing in one process)."""
+    if ctx.enabled:
+        if ctx.backend == "nccl":
+            torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            torch.distributed.barrier()
+
+
+def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
+    """The sum of ``value`` over ranks (float64), the same on every rank."""
+    if not ctx.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device(ctx))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return float(t.item())
+
+
+def all_reduce_max(value: float, ctx: DistributedContext) -> float:
+    """The largest ``value`` over ranks (float64), the same on every rank."""
+    if not ctx.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device(ctx))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_any(flag: bool, ctx: DistributedContext) -> bool:
+    """Whether any rank's ``flag`` is true, the same answer on every rank (for a rank-agreed stop)."""
+    return all_reduce_max(1.0 if flag else 0.0, ctx) > 0.5
