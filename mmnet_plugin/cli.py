@@ -8,6 +8,17 @@ Examples::
     mmnet train --dataset omniglot --data-root ../shared/datasets --ways 2-20 --shots 1-5 \\
         --steps 2000 --checkpoint runs/mixed.pt
     mmnet evaluate --dataset omniglot --checkpoint runs/mixed.pt --ways 20 --shots 1
+
+Several processes (one per GPU, or CPU processes with gloo), launched by torchrun::
+
+    torchrun --nproc-per-node 2 -m mmnet_plugin train --dataset omniglot --steps 2000 \\
+        --checkpoint runs/mixed.pt --sync-bn
+    torchrun --nproc-per-node 2 -m mmnet_plugin evaluate --dataset omniglot --checkpoint runs/mixed.pt
+
+``train`` splits every step's episodes over the ranks (DDP; see :mod:`mmnet_plugin.training`),
+``evaluate`` the test episodes (see :mod:`mmnet_plugin.evaluation`); rank 0 prints, writes the
+checkpoint and the log. ``--device cuda`` (or ``auto`` on a GPU machine) means one GPU per rank
+(``LOCAL_RANK``) with nccl; on the CPU the ranks use gloo.
 """
 
 from __future__ import annotations
@@ -78,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bf16", action="store_true",
                        help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: batch norm uses the statistics of all ranks' images, so training "
+                            "equals one process on the whole batch (to float rounding); default: each rank "
+                            "normalises with its own share's statistics, which differ from one process's. "
+                            "No effect in one process")
     _add_model_arguments(train)
 
     ev = sub.add_parser("evaluate", help="test a trained MM-Net on unseen classes")
@@ -134,12 +150,41 @@ def _load(args: argparse.Namespace, split: str) -> Any:
     return load_dataset(args.dataset, split=split, data_root=args.data_root)
 
 
+def _join(device: torch.device) -> Any:
+    """The distributed context under torchrun (and this rank's device), else one process.
+
+    Returns:
+        ``(context, device, owned)``: ``owned`` when this call initialised the process group
+        (the caller leaves it at the end).
+    """
+    from .distributed import init_distributed
+
+    before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    ctx = init_distributed(str(device))
+    return ctx, torch.device(ctx.resolve_device(str(device))), ctx.enabled and not before
+
+
+def _leave(ctx: Any, owned: bool) -> None:
+    from .distributed import destroy_distributed
+
+    if owned:
+        destroy_distributed(ctx)
+
+
 def _train(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    ctx, device, owned = _join(device)
+    try:
+        return _train_in(args, device, ctx)
+    finally:
+        _leave(ctx, owned)
+
+
+def _train_in(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
     from .training import TrainConfig, Trainer, check_bf16, check_writable
 
-    device = resolve_device(args.device)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint (the file to continue from)")
     if args.bf16:
@@ -148,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
         check_writable(args.checkpoint, "--checkpoint")
     if args.log:
         check_writable(args.log, "--log")
-    if args.val_every > 0:
+    if args.val_every > 0 and ctx.is_main:
         overlap = _split_overlap(args.split, args.val_split)
         if overlap:
             print(f"mmnet: warning: {overlap}", file=sys.stderr)
@@ -180,9 +225,10 @@ def _train(args: argparse.Namespace) -> int:
         log_path=args.log,
         progress=not args.no_progress,
         time_limit=args.time_limit,
+        sync_bn=args.sync_bn,
     )
     extra = {"dataset": args.dataset, "split": args.split, "seed": args.seed}
-    trainer = Trainer(model, config, model_config=model_config, extra_state=extra)
+    trainer = Trainer(model, config, model_config=model_config, extra_state=extra, context=ctx)
     validate = None
     if args.val_every > 0:
         val_set = _load(args, args.val_split)
@@ -193,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         def validate(m: torch.nn.Module) -> float:
             eps = EpisodeSampler(val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1,
                                  episodes=args.val_episodes)
-            return evaluate(m, eps, device=device).accuracy
+            return evaluate(m, eps, device=device, context=ctx).accuracy
 
     trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
@@ -206,6 +252,10 @@ def _train(args: argparse.Namespace) -> int:
     saved += f", checkpoint {args.checkpoint}" if args.checkpoint else ""
     if trainer.stopped_early:
         saved += f"; stopped by --time-limit {args.time_limit:g}s before step {args.steps} (rerun with --resume)"
+    if ctx.enabled:
+        saved += f"; {ctx.world_size} processes ({ctx.backend}{', sync-bn' if args.sync_bn else ''})"
+    if not ctx.is_main:
+        return 0
     print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
           f"training fingerprint {sampler.short_fingerprint}{saved}")
     return 0
@@ -234,23 +284,41 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    ctx, device, owned = _join(device)
+    try:
+        return _evaluate_in(args, device, ctx)
+    finally:
+        _leave(ctx, owned)
+
+
+def _evaluate_in(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
     from .models import MMNet
 
-    device = resolve_device(args.device)
     model = MMNet.from_checkpoint(args.checkpoint, map_location=device)
     test_set = _load(args, args.split)
     sampler = EpisodeSampler(test_set, ways=args.ways, shots=args.shots, queries=args.queries,
                              seed=args.seed, episodes=args.episodes)
     result = evaluate(model, sampler, device=device, progress=not args.no_progress,
-                      batch_episodes=args.batch_episodes)
+                      batch_episodes=args.batch_episodes, context=ctx)
+    if not ctx.is_main:
+        return 0
     print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")
     return 0
 
 
 def _fmt(v: Any) -> str:
     return str(v) if isinstance(v, int) else f"{v[0]}-{v[1]}"
+
+
+def _rank_tag() -> str:
+    """`` (rank N)`` under several processes, else empty."""
+    import os
+
+    world, rank = os.environ.get("WORLD_SIZE", ""), os.environ.get("RANK", "")
+    return f" (rank {rank})" if world.isdigit() and int(world) > 1 and rank else ""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -272,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _train(args)
         return _evaluate(args)
     except (ValueError, DataNotFoundError, CheckpointError, FloatingPointError) as exc:
-        print(f"mmnet: error: {exc}", file=sys.stderr)
+        print(f"mmnet{_rank_tag()}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmnet: interrupted; the last checkpoint is intact (rerun with --resume)", file=sys.stderr)

@@ -34,6 +34,8 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_any",
     "all_reduce_sum",
+    "convert_sync_batchnorm",
+    "GlooSyncBatchNorm",
 ]
 
 #: The backends :func:`init_distributed` accepts.
@@ -262,3 +264,124 @@ def all_reduce_max(value: float, ctx: DistributedContext) -> float:
 def all_reduce_any(flag: bool, ctx: DistributedContext) -> bool:
     """Whether any rank's ``flag`` is true, the same answer on every rank (for a rank-agreed stop)."""
     return all_reduce_max(1.0 if flag else 0.0, ctx) > 0.5
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A differentiable sum over ranks: the backward pass sums the gradients over ranks too."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = tensor.clone()
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        out = grad.contiguous().clone()
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of all ranks' inputs together, on any device.
+
+    ``torch.nn.SyncBatchNorm`` runs only on GPUs; this layer does the same on the CPU (gloo):
+    in training mode, under an initialised process group of more than one rank, the mean and
+    the (biased) variance used to normalise are those of the union of every rank's batch,
+    computed in two passes with differentiable all-reduces, so the
+    gradients are those of one process normalising the whole batch. The running statistics are
+    updated with them as :class:`torch.nn.BatchNorm2d` would (unbiased variance). In evaluation
+    mode, or without a process group, it is plain batch norm. Parameters and buffers are those
+    of :class:`torch.nn.BatchNorm2d`, so its state dict loads into one.
+
+    Args:
+        num_features: channels C of the ``[N, C, ...]`` input.
+        eps, momentum, affine, track_running_stats: as :class:`torch.nn.BatchNorm2d`.
+        process_group: the group to reduce over (default: the whole world).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions [N, C, ...], got {input.dim()}")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: D401 - see class docstring
+        dist = torch.distributed
+        group = self.process_group
+        sync = (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(group) > 1)
+        if not sync:
+            return super().forward(input)
+        group = group if group is not None else dist.group.WORLD
+        all_reduce = _AllReduceSum.apply
+        self._check_input_dim(input)
+        c = input.shape[1]
+        dims = [0] + list(range(2, input.dim()))
+        shape = [1, c] + [1] * (input.dim() - 2)
+        count = input.new_full((1,), float(input.numel() // max(c, 1)))
+        first = all_reduce(torch.cat([input.sum(dims), count]), group)
+        n = first[-1]
+        mean = first[:-1] / n
+        centred = input - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum(dims), group) / n
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+                unbiased = var.detach() * (n.detach() / (n.detach() - 1).clamp_min(1))
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+        return out
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, ctx: DistributedContext,
+                           device: Optional[str] = None) -> torch.nn.Module:
+    """Make every batch-norm layer of ``module`` normalise with the statistics of all ranks.
+
+    On CUDA with nccl: :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`. Elsewhere (the
+    CPU with gloo, where torch's SyncBatchNorm does not run): :class:`GlooSyncBatchNorm`, on a
+    process group of its own so its collectives never interleave with DDP's gradient
+    all-reduces. Weights and buffers are kept; the state dict keys do not change. In one
+    process nothing is converted (there is nothing to synchronise).
+
+    Args:
+        module: the model; converted in place where possible.
+        ctx: the context (collective: every rank must call this, in the same order).
+        device: the training device (``None``: by the backend).
+
+    Returns:
+        The converted module (``module`` itself unless it is a batch-norm layer).
+    """
+    if not ctx.enabled:
+        return module
+    on_cuda = (device is not None and torch.device(device).type == "cuda") or (device is None and ctx.backend == "nccl")
+    if on_cuda:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    group = torch.distributed.new_group(backend="gloo")
+    return _convert_gloo(module, group)
+
+
+def _convert_gloo(module: torch.nn.Module, group: Any) -> torch.nn.Module:
+    out = module
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
+        out = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats, process_group=group)
+        if module.affine:
+            with torch.no_grad():
+                out.weight = module.weight
+                out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+    for name, child in module.named_children():
+        out.add_module(name, _convert_gloo(child, group))
+    return out

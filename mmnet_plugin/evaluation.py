@@ -3,6 +3,12 @@
 The protocol (DESIGN.md): N-way K-shot test episodes of classes never seen in training,
 15 queries per class by default, mean accuracy over the episodes and the interval
 ``1.96 * std / sqrt(episodes)`` (population std over the per-episode accuracies).
+
+Under several processes (``torchrun``; pass the
+:class:`~mmnet_plugin.distributed.DistributedContext`), every rank reads the same episode
+stream, scores the episodes whose index is its :func:`~mmnet_plugin.distributed.shard`
+(``i % world_size == rank``) and the per-episode accuracies are gathered in index order: the
+accuracy, interval, per-episode list and fingerprint are those of one process.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Callable, Iterable, List, Optional, Union
 import numpy as np
 import torch
 
+from .distributed import SINGLE_PROCESS, DistributedContext, gather_objects
 from .episodes import Episode, _EMPTY_FINGERPRINT, _chain, require_episode
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
@@ -40,7 +47,9 @@ class EvaluationResult:
         queries_per_class: query images per class (the smallest, if episodes differ).
         fingerprint: chained hash of the episodes' class ids and image indices.
         per_episode: accuracy of every episode, in order.
-        ms_per_episode: mean wall time of a test episode in milliseconds.
+        ms_per_episode: mean wall time of a test episode in milliseconds (under several
+            processes: the ranks' scoring time summed, over the episodes; so a per-episode
+            cost, not the wall time of the run divided by n).
     """
 
     accuracy: float
@@ -92,6 +101,7 @@ def evaluate(
     progress: bool = False,
     desc: str = "test",
     batch_episodes: int = 1,
+    context: Optional[DistributedContext] = None,
 ) -> EvaluationResult:
     """Accuracy of ``model`` over ``episodes``.
 
@@ -107,6 +117,11 @@ def evaluate(
             ``predict_batch`` (MM-Net has one), which is much faster on a GPU. Episodes are
             still scored independently (eval mode), so the result is the same as one by
             one up to float rounding. Ignored for models without ``predict_batch``.
+        context: a :class:`~mmnet_plugin.distributed.DistributedContext` with more than one
+            rank: every rank must call ``evaluate`` with the same episodes (the same seeded
+            sampler); each scores its share of them by index and the result, on every rank,
+            is the same as one process's (same per-episode accuracies in the same order, mean,
+            interval and fingerprint). ``None``: this process scores them all.
 
     Returns:
         An :class:`EvaluationResult`.
@@ -117,12 +132,14 @@ def evaluate(
             an episode has no query labels, ``batch_episodes < 1``, or the model returns
             predictions of the wrong shape: a callable must return scores ``[n_query, n_way]``
             for exactly the episode's classes (scores for more or fewer classes are refused),
-            a ``predict`` one label per query.
+            a ``predict`` one label per query. Under several processes an error on one rank is
+            raised on every rank (none is left waiting).
     """
     import time
 
     if isinstance(batch_episodes, bool) or int(batch_episodes) < 1:
         raise ValueError(f"batch_episodes must be a positive integer; got {batch_episodes!r}")
+    ctx = context or SINGLE_PROCESS
     predictor = _as_predictor(model)
     predict_batch = getattr(model, "predict_batch", None)
     chunk_size = int(batch_episodes) if callable(predict_batch) else 1
@@ -134,11 +151,12 @@ def evaluate(
             device = p.device if p is not None else "cpu"
     device = torch.device(device or "cpu")
     iterator = episodes
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         iterator = tqdm(episodes, desc=desc, leave=False, total=_len_or_none(episodes))
     accs: List[float] = []
+    mine: List[int] = []  # the indices of the episodes this rank scored
     queries = None
     fp = _EMPTY_FINGERPRINT
     elapsed = 0.0
@@ -166,6 +184,8 @@ def evaluate(
             accs.append(float((pred.to(e.query_y.device) == e.query_y).float().mean()))
 
     pending: List[Episode] = []
+    n_seen = 0
+    error: Optional[BaseException] = None
     try:
         for ep in iterator:
             ep = require_episode(ep, "evaluate")
@@ -174,15 +194,37 @@ def evaluate(
             fp = _chain(fp, ep.fingerprint_bytes())
             q_per_class = int(torch.bincount(ep.query_y).min())
             queries = q_per_class if queries is None else min(queries, q_per_class)
+            index, n_seen = n_seen, n_seen + 1
+            if index % ctx.world_size != ctx.rank:
+                continue
+            mine.append(index)
             pending.append(ep)
             if len(pending) >= chunk_size:
                 score(pending)
                 pending = []
         if pending:
             score(pending)
+    except Exception as exc:
+        if not ctx.enabled:
+            raise
+        error = exc
     finally:
         if was_training:
             model.train()
+    if ctx.enabled:
+        gathered = gather_objects((None if error is None else f"{type(error).__name__}: {error}",
+                                   mine, accs, elapsed, n_seen, fp), ctx)
+        if error is not None:
+            raise error
+        failed = [(r, g[0]) for r, g in enumerate(gathered) if g[0] is not None]
+        if failed:
+            raise ValueError(f"evaluation failed on rank {failed[0][0]}: {failed[0][1]}")
+        if len({(g[4], g[5]) for g in gathered}) != 1:
+            raise ValueError(f"the ranks were given different episode streams (lengths {[g[4] for g in gathered]}, "
+                             "fingerprints differ); give every rank the same seeded sampler")
+        by_index = {i: a for g in gathered for i, a in zip(g[1], g[2])}
+        accs = [by_index[i] for i in range(n_seen)]
+        elapsed = float(sum(g[3] for g in gathered))
     if not accs:
         raise ValueError("no test episodes were given")
     acc = np.asarray(accs)

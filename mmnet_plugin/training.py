@@ -14,6 +14,20 @@ CPUs with native bf16 instructions (AVX512-BF16 or AMX); the loss is returned in
 and a resumed run continues with exactly the episodes an uninterrupted run would have seen.
 Mixed C-way k-shot training is a property of the source: a sampler with ``ways=(2, 20),
 shots=(1, 5)`` gives every episode of a batch its own C and k.
+
+Several processes (``torchrun``): give :class:`Trainer` the
+:class:`~mmnet_plugin.distributed.DistributedContext` of
+:func:`~mmnet_plugin.distributed.init_distributed`. Every rank draws each step's full
+``batch_episodes`` from the same seeded source and keeps its strided share
+(:func:`~mmnet_plugin.distributed.shard`), so the union of the ranks' episodes is the batch one
+process would train on and the sampler state (thus the checkpoint) does not depend on the
+number of ranks: a run resumes with any number of them. The model is wrapped in
+``DistributedDataParallel`` and each rank's loss is weighted by its share of the batch, so the
+gradient is that of the mean loss over the whole batch, also when ``batch_episodes`` is not a
+multiple of the number of ranks. Batch norm normalises with each rank's own images unless
+``TrainConfig.sync_bn`` (see there). Rank 0 alone writes checkpoints, logs and the progress bar;
+the logged loss and accuracy are those of the whole batch; validation and the time limit are
+decided the same on every rank.
 """
 
 from __future__ import annotations
@@ -25,10 +39,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .distributed import (SINGLE_PROCESS, DistributedContext, all_reduce_any, barrier, broadcast_object,
+                          convert_sync_batchnorm, shard)
 from .episodes import Episode, require_episode
 
 __all__ = [
@@ -82,6 +98,17 @@ class TrainConfig:
         time_limit: stop after the first step that ends this many seconds after
             :meth:`Trainer.fit` began (0: no limit). The checkpoint is written, so a rerun
             with ``resume`` continues to ``steps``; for leased machines with a hard deadline.
+            Under several processes all ranks stop after the same step (the first step at which
+            any rank has passed the limit).
+        sync_bn: under several processes (a :class:`~mmnet_plugin.distributed.DistributedContext`
+            with more than one rank), normalise batch norm in training with the mean and variance
+            of all ranks' images together (``torch.nn.SyncBatchNorm`` on CUDA,
+            :class:`~mmnet_plugin.distributed.GlooSyncBatchNorm` on the CPU): the forward pass,
+            gradients and running statistics are then those of one process on the whole batch
+            (to float rounding), at the cost of two all-reduces per layer and pass. Without it
+            (the default) every rank normalises with the statistics of its own share of the
+            batch, which differ from one process's, and the running statistics kept (used at
+            evaluation) are rank 0's, computed on its share. No effect in one process.
     """
 
     steps: int = 1000
@@ -100,6 +127,7 @@ class TrainConfig:
     progress: bool = True
     grad_clip: float = 0.0
     time_limit: float = 0.0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_episodes", "lr_halve_every"):
@@ -281,16 +309,55 @@ def _episode_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(dim=-1) == labels).float().mean())
 
 
+class _LossStep(torch.nn.Module):
+    """The training step's forward pass as a module, so DistributedDataParallel's hooks fire.
+
+    ``forward(batch)`` returns ``(loss, accuracies)``: the model's mean loss over ``batch`` (via
+    ``loss_and_accuracy`` when the model has it, else ``loss``) and the per-episode accuracies
+    (``None`` without ``loss_and_accuracy``).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, autocast: bool) -> None:
+        super().__init__()
+        self.model = model
+        self._device_type = device.type
+        self._autocast = autocast
+
+    def forward(self, batch: Sequence[Episode]) -> tuple:  # type: ignore[override]
+        with torch.autocast(device_type=self._device_type, dtype=torch.bfloat16, enabled=self._autocast):
+            if hasattr(self.model, "loss_and_accuracy"):
+                loss, acc = self.model.loss_and_accuracy(batch)
+                acc = acc.detach().float().reshape(-1) if isinstance(acc, torch.Tensor) else \
+                    torch.full((len(batch),), float(acc))
+            else:
+                loss, acc = self.model.loss(batch), None
+        return loss.float(), acc
+
+
 class Trainer:
     """Trains a model whose ``loss(episodes)`` returns a scalar on batches of episodes.
 
     Args:
         model: e.g. :class:`~mmnet_plugin.MMNet`; if it has ``loss_and_accuracy(episodes)``
-            the accuracy is logged without a second forward pass.
+            the accuracy is logged without a second forward pass. Its loss must be the mean
+            over the episodes of the batch (as MM-Net's is): under several processes each
+            rank's loss is weighted by its share of the batch.
         config: a :class:`TrainConfig`.
         model_config: constructor arguments of the model, stored in the checkpoint so the
             ``mmnet`` command can rebuild it.
         extra_state: anything else (plain types) to store in the checkpoint.
+        context: the :class:`~mmnet_plugin.distributed.DistributedContext` of this process
+            (from :func:`~mmnet_plugin.distributed.init_distributed`); ``None`` or a
+            single-process context: train in this process alone, exactly as without it. With
+            more than one rank every rank must build its Trainer (the same model, same seed,
+            same config) and call :meth:`fit` with the same source; ``config.device`` ``"cuda"``
+            means this rank's GPU (``cuda:<local_rank>``). With ``config.sync_bn`` the model's
+            batch-norm layers are converted in place (their state dict keys do not change).
+
+    Raises:
+        ValueError: when bf16 is asked for where the device lacks it, or under several
+            processes when ``batch_episodes`` is smaller than the number of ranks (a rank would
+            have no episode).
     """
 
     def __init__(
@@ -299,16 +366,34 @@ class Trainer:
         config: TrainConfig,
         model_config: Optional[Dict[str, Any]] = None,
         extra_state: Optional[Dict[str, Any]] = None,
+        context: Optional[DistributedContext] = None,
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.context = context or SINGLE_PROCESS
+        ctx = self.context
+        if ctx.enabled and config.batch_episodes < ctx.world_size:
+            raise ValueError(
+                f"batch_episodes {config.batch_episodes} is smaller than the {ctx.world_size} processes, so a "
+                f"rank would have no episode; use --batch-episodes {ctx.world_size} or more, or fewer processes"
+            )
+        self.device = torch.device(ctx.resolve_device(config.device))
         self.model = model.to(self.device)
         self.model_config = dict(model_config or {})
         self.extra_state = dict(extra_state or {})
         self.autocast = bool(config.bf16)
         if config.bf16:
             check_bf16(self.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if ctx.enabled and config.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, ctx, str(self.device)).to(self.device)
+        #: The module the training step calls: :class:`_LossStep` (in DistributedDataParallel
+        #: under several processes) around :attr:`model`.
+        self.step_module: torch.nn.Module = _LossStep(self.model, self.device, self.autocast)
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # device_ids=None: the episodes are moved to the device here, not by DDP
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=None)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.schedule = config.schedule()
         self.scheduler = _build_scheduler(self.optimizer, self.schedule)
         self.step = 0
@@ -393,14 +478,87 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _forward(self, batch: Sequence[Episode]) -> tuple:
-        model = self.model
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            if hasattr(model, "loss_and_accuracy"):
-                loss, acc = model.loss_and_accuracy(batch)
-                acc = float(acc.float().mean()) if isinstance(acc, torch.Tensor) else float(acc)
-            else:
-                loss, acc = model.loss(batch), float("nan")
-        return loss.float(), acc
+        """This process's loss (float32 scalar) and mean accuracy (``nan`` without ``loss_and_accuracy``)."""
+        loss, acc = self.step_module(batch)
+        return loss, (float(acc.mean()) if acc is not None else float("nan"))
+
+    def _on_main(self, check: Callable[[], None]) -> None:
+        """Run ``check`` on rank 0 and raise its ValueError on every rank (so no rank waits alone)."""
+        error = None
+        if self.context.is_main:
+            try:
+                check()
+            except ValueError as exc:
+                error = str(exc)
+        error = broadcast_object(error, self.context)
+        if error is not None:
+            raise ValueError(error)
+
+    def _draw(self, iterator: Iterator[Episode]) -> List[Episode]:
+        """The step's full batch from the source (every rank draws all of it)."""
+        cfg = self.config
+        batch = []
+        for _ in range(cfg.batch_episodes):
+            try:
+                batch.append(require_episode(next(iterator), "Trainer.fit"))
+            except StopIteration:
+                raise ValueError(
+                    f"the episode source ran out after {self.step} steps; give an endless "
+                    f"sampler or at least {cfg.steps * cfg.batch_episodes} episodes"
+                ) from None
+        return batch
+
+    def backward(self, batch: Sequence[Episode]) -> Tuple[float, float]:
+        """One step's forward and backward pass: the gradient of the mean loss over ``batch`` in ``.grad``.
+
+        Under several processes every rank passes the same full batch and computes on its strided
+        share (:func:`~mmnet_plugin.distributed.shard`); its mean loss is weighted by
+        ``share * world_size / len(batch)`` so that DistributedDataParallel's average over ranks
+        is the gradient of the mean over the whole batch, whatever the split. The gradients are
+        set afresh (the optimiser's old ones are dropped); no optimiser step is taken.
+
+        Args:
+            batch: the step's episodes (all of them, on every rank).
+
+        Returns:
+            ``(loss, accuracy)`` of the whole batch (mean over its episodes; accuracy ``nan`` for
+            a model without ``loss_and_accuracy``), the same on every rank.
+
+        Raises:
+            FloatingPointError: if the loss is not finite (raised on every rank alike).
+            ValueError: under several processes, for a batch with fewer episodes than ranks.
+        """
+        ctx = self.context
+        n = len(batch)
+        if ctx.enabled:
+            if n < ctx.world_size:
+                raise ValueError(f"a batch of {n} episodes cannot be shared by {ctx.world_size} processes; "
+                                 f"give at least {ctx.world_size}")
+            mine = list(shard(n, ctx))
+            batch = [batch[i] for i in mine]
+        batch = [ep.to(self.device) for ep in batch]
+        loss, acc = self.step_module(batch)
+        if ctx.enabled:
+            # the whole batch's loss and accuracy on every rank (so the finite check agrees too)
+            acc_sum = acc.double().sum() if acc is not None else torch.zeros((), dtype=torch.float64)
+            stats = torch.stack([loss.detach().double().cpu() * len(mine), acc_sum.cpu()])
+            stats = stats.to(_collective_device(ctx))
+            torch.distributed.all_reduce(stats)
+            loss_value = float(stats[0]) / n
+            acc_value = float(stats[1]) / n if acc is not None else float("nan")
+            train_loss = loss * (len(mine) * ctx.world_size / n)
+        else:
+            loss_value = float(loss.detach())
+            acc_value = float(acc.mean()) if acc is not None else float("nan")
+            train_loss = loss
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {self.step + 1}; lower the learning rate "
+                "or the similarity scale"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        train_loss.backward()
+        return loss_value, acc_value
 
     def fit(
         self,
@@ -412,47 +570,64 @@ class Trainer:
 
         Args:
             source: an iterable of episodes; ``batch_episodes`` are drawn per step. An
-                :class:`~mmnet_plugin.episodes.EpisodeSampler` makes checkpoints exact.
+                :class:`~mmnet_plugin.episodes.EpisodeSampler` makes checkpoints exact. Under
+                several processes every rank must give the same stream (the same seeded
+                sampler); each keeps its share of every batch.
             validate: ``model -> accuracy``, called every ``val_every`` steps; the best
-                model is kept at ``<checkpoint>.best.pt``.
-            resume: continue from ``config.checkpoint`` when that file exists.
+                model is kept at ``<checkpoint>.best.pt``. Under several processes it is
+                called on every rank (so it may shard its episodes, as
+                :func:`~mmnet_plugin.evaluation.evaluate` does given the context) and rank 0's
+                value is the one every rank uses.
+            resume: continue from ``config.checkpoint`` when that file exists (every rank reads
+                it; it may have been written by a run with another number of ranks).
 
         Returns:
             The log records of this call (also appended to ``config.log_path``). The log file
             gets one more record first (when any step is left), :attr:`run_info`, that states
             the run: ``{"step": <start step>, "start": True, "lr_schedule":
             <TrainConfig.schedule()>, "bf16_autocast": ..., "device": ..., "steps": ...,
-            "batch_episodes": ...}``. When
+            "batch_episodes": ..., "world_size": ..., "sync_bn": ...}``. When
             ``config.time_limit`` stops the run early, the last record is
             ``{"step": ..., "stopped": "time_limit", "seconds": ...}`` and
-            :attr:`stopped_early` is true.
+            :attr:`stopped_early` is true. The loss and accuracy are those of the whole
+            batch (all ranks), the same on every rank.
 
         Raises:
             CheckpointError: if resuming from a bad checkpoint, or one trained with another
                 learning-rate schedule.
             ValueError: if ``config.checkpoint`` or ``config.log_path`` cannot be written
-                (checked before the first step), the source yields something other than an
-                :class:`~mmnet_plugin.episodes.Episode` (easyfsl 5-tuples: wrap the loader with
+                (checked before the first step, by rank 0, on every rank's behalf), the source
+                yields something other than an :class:`~mmnet_plugin.episodes.Episode` (easyfsl
+                5-tuples: wrap the loader with
                 ``mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes``), or it runs out of
                 episodes before the last step.
+            FloatingPointError: if the loss of the batch is not finite (on every rank alike).
         """
         cfg = self.config
-        if cfg.checkpoint:
-            check_writable(cfg.checkpoint, "checkpoint")
-            check_writable(best_checkpoint_path(cfg.checkpoint), "best checkpoint")
-        if cfg.log_path:
-            check_writable(cfg.log_path, "log")
+        ctx = self.context
+        main = ctx.is_main
+
+        def check_paths() -> None:
+            if cfg.checkpoint:
+                check_writable(cfg.checkpoint, "checkpoint")
+                check_writable(best_checkpoint_path(cfg.checkpoint), "best checkpoint")
+            if cfg.log_path:
+                check_writable(cfg.log_path, "log")
+
+        self._on_main(check_paths)
         if resume and cfg.checkpoint:
             self.resume(cfg.checkpoint, source)
         records: List[Dict[str, Any]] = []
         self.run_info = {"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
                          "bf16_autocast": self.autocast, "device": str(self.device),
                          "steps": cfg.steps, "batch_episodes": cfg.batch_episodes}
+        if ctx.enabled:
+            self.run_info.update(world_size=ctx.world_size, sync_bn=bool(cfg.sync_bn), backend=ctx.backend)
         if self.step < cfg.steps:
             self._write_log(self.run_info)
         iterator: Iterator[Episode] = iter(source)
         bar = None
-        if cfg.progress and self.step < cfg.steps:
+        if cfg.progress and self.step < cfg.steps and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, leave=False)
@@ -462,36 +637,18 @@ class Trainer:
         t_start = t_window = time.perf_counter()
         try:
             while self.step < cfg.steps:
-                batch = []
-                for _ in range(cfg.batch_episodes):
-                    try:
-                        batch.append(require_episode(next(iterator), "Trainer.fit"))
-                    except StopIteration:
-                        raise ValueError(
-                            f"the episode source ran out after {self.step} steps; give an endless "
-                            f"sampler or at least {cfg.steps * cfg.batch_episodes} episodes"
-                        ) from None
-                batch = [ep.to(self.device) for ep in batch]
-                loss, acc = self._forward(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {float(loss.detach())} at step {self.step + 1}; lower the learning rate "
-                        "or the similarity scale"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_value, acc_value = self.backward(self._draw(iterator))
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                loss_value = float(loss.detach())
                 window_loss += loss_value
-                window_acc += acc
+                window_acc += acc_value
                 window_n += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.3f}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc_value:.3f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t_window
                     rec = {
@@ -508,29 +665,35 @@ class Trainer:
                 if validate is not None and cfg.val_every and self.step % cfg.val_every == 0:
                     self._validate(validate, records, source)
                     validated = True
-                if cfg.checkpoint and (
+                if cfg.checkpoint and main and (
                     validated or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
                 ):
                     self.save(cfg.checkpoint, source)
                 elapsed = time.perf_counter() - t_start
-                if cfg.time_limit and elapsed >= cfg.time_limit and self.step < cfg.steps:
-                    self.stopped_early = True
-                    self._log({"step": self.step, "stopped": "time_limit", "seconds": elapsed}, records)
-                    break
+                if cfg.time_limit and self.step < cfg.steps:
+                    passed = elapsed >= cfg.time_limit
+                    if ctx.enabled:
+                        passed = all_reduce_any(passed, ctx)
+                    if passed:
+                        self.stopped_early = True
+                        self._log({"step": self.step, "stopped": "time_limit", "seconds": elapsed}, records)
+                        break
         finally:
             if bar is not None:
                 bar.close()
-        if cfg.checkpoint:
+        if cfg.checkpoint and main:
             self.save(cfg.checkpoint, source)
+        barrier(ctx)  # the checkpoint is complete before any rank goes on
         return records
 
     def _validate(self, validate: Callable[[torch.nn.Module], float], records: list, source: Any) -> None:
         acc = float(validate(self.model))
+        acc = float(broadcast_object(acc, self.context))
         self.model.train()
         improved = self.best_val is None or acc > self.best_val
         if improved:
             self.best_val = acc
-            if self.config.checkpoint:
+            if self.config.checkpoint and self.context.is_main:
                 self.save(best_checkpoint_path(self.config.checkpoint), source)
         self._log({"step": self.step, "val_accuracy": acc, "best": improved}, records)
 
@@ -540,11 +703,17 @@ class Trainer:
         self._write_log(record)
 
     def _write_log(self, record: Dict[str, Any]) -> None:
-        if self.config.log_path:
+        if self.config.log_path and self.context.is_main:
             path = Path(self.config.log_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+def _collective_device(ctx: DistributedContext) -> torch.device:
+    if ctx.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _describe(spec: Dict[str, Any]) -> str:

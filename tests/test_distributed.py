@@ -62,3 +62,174 @@ def test_nccl_or_cuda_without_gpu_and_unknown_backend_are_refused():
     with pytest.raises(ValueError, match="nccl backend needs a CUDA GPU"):
         D.init_distributed("cuda", env=env)
     assert not torch.distributed.is_initialized()
+
+
+def test_gloo_sync_batchnorm_is_plain_batch_norm_in_one_process_and_keeps_the_state_dict():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3)
+    sbn = D.GlooSyncBatchNorm(3)
+    sbn.load_state_dict(bn.state_dict())
+    x = torch.randn(6, 3, 4, 4)
+    assert torch.equal(bn(x), sbn(x))
+    assert torch.equal(bn.running_var, sbn.running_var)
+    assert bn.state_dict().keys() == sbn.state_dict().keys()
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3))
+    assert D.convert_sync_batchnorm(net, D.SINGLE_PROCESS) is net and isinstance(net[1], torch.nn.BatchNorm2d)
+
+
+def test_trainer_refuses_fewer_episodes_than_ranks_before_any_collective():
+    from mmnet_plugin import MMNet
+    from mmnet_plugin.training import TrainConfig, Trainer
+
+    ctx = D.DistributedContext(rank=0, world_size=4, local_rank=0, backend="gloo")
+    with pytest.raises(ValueError, match="batch_episodes 3 is smaller than the 4 processes"):
+        Trainer(MMNet(dm=16, dr=16), TrainConfig(batch_episodes=3), context=ctx)
+    assert not torch.distributed.is_initialized()
+
+
+def test_sync_bn_changes_nothing_in_one_process():
+    from mmnet_plugin import MMNet
+    from mmnet_plugin.training import TrainConfig, Trainer
+
+    trainer = Trainer(MMNet(dm=16, dr=16), TrainConfig(batch_episodes=2, sync_bn=True, progress=False))
+    kinds = {type(m) for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {torch.nn.BatchNorm2d}
+    assert trainer.step_module.model is trainer.model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two gloo ranks on the CPU: tests/dist_worker.py under torchrun (one launch for the tests below),
+# compared with the same computations in this process.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Run the worker on 2 gloo ranks (1 thread each); its output folder."""
+    out = tmp_path_factory.mktemp("two-ranks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def worker():
+    sys.path.insert(0, str(HERE))
+    try:
+        import dist_worker
+    finally:
+        sys.path.remove(str(HERE))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks
+    yield dist_worker
+    torch.set_num_threads(threads)
+
+
+def _read(out, name):
+    return [json.loads((out / name.format(r=r)).read_text()) for r in (0, 1)]
+
+
+def test_two_ranks_evaluate_exactly_as_one_process(ranks, worker):
+    from mmnet_plugin import MMNet
+
+    one = worker.evaluate(MMNet.from_checkpoint(ranks / "ckpt.pt"), worker.test_sampler(), batch_episodes=2)
+    for res in _read(ranks, "eval_rank{r}.json"):
+        assert res["per_episode"] == one.per_episode and len(one.per_episode) == 7
+        assert res["accuracy"] == one.accuracy and res["ci95"] == one.ci95
+        assert res["fingerprint"] == one.fingerprint and res["episodes"] == 7
+        assert res["queries_per_class"] == one.queries_per_class == 3
+    assert len(set(one.per_episode)) > 1  # the episodes differ, so the order is tested
+
+
+def test_two_ranks_gradient_with_sync_bn_is_one_process_gradient_of_the_mean(ranks, worker):
+    ref = worker.gradients(False)
+    got = [torch.load(ranks / f"grads_rank{r}.pt") for r in (0, 1)]
+    for kind in ("sync", "plain"):
+        assert got[0][kind]["grads"].keys() == got[1][kind]["grads"].keys() == ref["grads"].keys()
+        for name in ref["grads"]:  # DDP: every rank holds the same averaged gradient
+            assert torch.equal(got[0][kind]["grads"][name], got[1][kind]["grads"][name]), name
+    # 5 episodes on 2 ranks (3 + 2): weighted, so equal to the whole batch's mean (float64 model)
+    sync = got[0]["sync"]
+    assert sync["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert sync["accuracy"] == pytest.approx(ref["accuracy"], rel=1e-6)
+    for name, g in ref["grads"].items():
+        torch.testing.assert_close(sync["grads"][name], g, rtol=1e-9, atol=1e-12, msg=name)
+    # per-rank batch norm statistics (the default) give another gradient, and another loss
+    plain = got[0]["plain"]
+    rel = max(float((plain["grads"][n] - g).abs().max() / g.abs().max()) for n, g in ref["grads"].items()
+              if g.abs().max() > 0)
+    assert rel > 1e-3 and plain["loss"] != pytest.approx(ref["loss"], rel=1e-6)
+
+
+def test_two_rank_checkpoint_resumes_in_one_process_on_the_same_stream(ranks, worker, tmp_path):
+    from mmnet_plugin.training import Trainer, load_checkpoint
+
+    # a one-process run of 4 steps
+    full_sampler = worker.train_sampler()
+    full = Trainer(worker.model(), worker.config(tmp_path / "full", 4), model_config=worker.SMALL)
+    full.fit(full_sampler)
+    full_losses = [r["loss"] for r in full.history if "loss" in r]
+    # the 2-rank run of 2 steps: same losses, same stream, one log written by rank 0 alone
+    trained = _read(ranks, "train_rank{r}.json")
+    def strip(history):  # the timings are each rank's own
+        return [{k: v for k, v in r.items() if k != "episodes_per_s"} for r in history]
+
+    assert strip(trained[0]["history"]) == strip(trained[1]["history"]) and trained[0]["step"] == 2
+    two_losses = [r["loss"] for r in trained[0]["history"] if "loss" in r]
+    assert two_losses == pytest.approx(full_losses[:2], rel=1e-6)
+    two_steps = worker.train_sampler()
+    two_steps.sample_batch(2 * worker.BATCH)
+    assert trained[0]["fingerprint"] == trained[1]["fingerprint"] == two_steps.fingerprint
+    log = [json.loads(line) for line in (ranks / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    assert log[0]["start"] and log[0]["world_size"] == 2 and log[0]["sync_bn"] is True
+    state = load_checkpoint(ranks / "ckpt.pt")
+    assert state["step"] == 2 and state["model"].keys() == worker.model().state_dict().keys()
+    # resumed in one process up to 4 steps: the same episodes as the uninterrupted run, and the
+    # same weights to float rounding (float64 model)
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(ranks / "ckpt.pt", tmp_path / "resumed" / "ckpt.pt")
+    resumed_sampler = worker.train_sampler()
+    resumed = Trainer(worker.model(), worker.config(tmp_path / "resumed", 4), model_config=worker.SMALL)
+    resumed.fit(resumed_sampler, resume=True)
+    assert resumed.step == 4 and resumed_sampler.fingerprint == full_sampler.fingerprint
+    assert [r["loss"] for r in resumed.history if "loss" in r] == pytest.approx(full_losses[2:], rel=1e-6)
+    want, got = full.model.state_dict(), resumed.model.state_dict()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_ranks_stop_at_the_same_step_and_use_rank_0s_validation(ranks):
+    agreed = _read(ranks, "agree_rank{r}.json")
+    for run in agreed:  # the time limit (1e-9 s) has passed after step 1 on both ranks
+        assert run["step"] == 1 and run["stopped"] is True
+        vals = [r["val_accuracy"] for r in run["history"] if "val_accuracy" in r]
+        assert vals == [0.25]  # rank 1's own validation said 1.25
+
+
+def test_mmnet_train_and_evaluate_under_torchrun(ranks, worker, capsys):
+    from mmnet_plugin import cli
+
+    rank0, rank1 = [(ranks / f"cli_rank{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert rank0[0] == rank1[0] == "0 0"
+    assert rank1[1:] == []  # rank 0 alone prints
+    train_line, eval_line = rank0[1:]
+    assert train_line.startswith("trained 2 steps x 3 episodes") and "2 processes (gloo, sync-bn)" in train_line
+    common = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--seed", "5"]
+    assert cli.main(["evaluate", *common, "--ways", "3", "--shots", "1", "--episodes", "5",
+                     "--batch-episodes", "2", "--checkpoint", str(ranks / "cli" / "m.pt")]) == 0
+    assert capsys.readouterr().out.strip() == eval_line
