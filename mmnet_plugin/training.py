@@ -37,6 +37,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -416,6 +417,8 @@ class Trainer:
             "train_config": {**asdict(self.config), "schedule": dict(self.schedule)},
             "model_config": self.model_config,
             "extra": self.extra_state,
+            # the run that wrote it (information only: a checkpoint resumes with any number of ranks)
+            "world_size": self.context.world_size,
         }
         if source is not None and hasattr(source, "state_dict"):
             state["sampler"] = source.state_dict()
@@ -557,7 +560,14 @@ class Trainer:
                 "or the similarity scale"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        train_loss.backward()
+        if ctx.enabled:
+            with warnings.catch_warnings():
+                # the channels-last copy of 1x1 conv weights (LayoutConv2d) gives their gradients other
+                # strides than DDP's buckets: a copy, not an error; said once per process otherwise
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+                train_loss.backward()
+        else:
+            train_loss.backward()
         return loss_value, acc_value
 
     def fit(

@@ -233,3 +233,25 @@ def test_mmnet_train_and_evaluate_under_torchrun(ranks, worker, capsys):
     assert cli.main(["evaluate", *common, "--ways", "3", "--shots", "1", "--episodes", "5",
                      "--batch-episodes", "2", "--checkpoint", str(ranks / "cli" / "m.pt")]) == 0
     assert capsys.readouterr().out.strip() == eval_line
+
+
+def _distributed_step_script():
+    import importlib.util
+
+    path = HERE.parent / "benchmarks" / "distributed_step.py"
+    spec = importlib.util.spec_from_file_location("distributed_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distributed_step_script_parses_modes_and_refuses_bad_ones(capsys):
+    script = _distributed_step_script()
+    modes = script._parse_modes("single2, ranks2,ranks3-syncbn")
+    assert [(m["kind"], m["n"], m["sync_bn"]) for m in modes] == [("single", 2, False), ("ranks", 2, False),
+                                                                  ("ranks", 3, True)]
+    for bad, match in (("single2-syncbn", "needs several ranks"), ("ranks0", "is not single"), ("", "no modes")):
+        with pytest.raises(ValueError, match=match):
+            script._parse_modes(bad)
+    assert script.main(["--modes", "ranks4", "--batch-episodes", "3"]) == 2
+    assert "fewer than 4 ranks" in capsys.readouterr().err
