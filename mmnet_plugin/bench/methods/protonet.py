@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from mmnet_plugin.episodes import Episode
 
-from benchmarks.recipes import Recipe
+from mmnet_plugin.bench.recipes import Recipe
 
 from .base import Method, Predictor, conv4_backbone, halving_scheduler
 

@@ -35,8 +35,8 @@ from mmnet_plugin.data import load_dataset
 from mmnet_plugin.episodes import EpisodeSampler
 from mmnet_plugin.runtime import tune_cpu_allocator
 
-from benchmarks.common import atomic_write_json, derive_seed, device_description, versions
-from benchmarks.methods import METHODS, MethodContext, MethodUnavailable
+from mmnet_plugin.bench.common import atomic_write_json, derive_seed, device_description, versions
+from mmnet_plugin.bench.methods import METHODS, MethodContext, MethodUnavailable
 
 __all__ = ["main", "measure"]
 

@@ -59,7 +59,7 @@ from mmnet_plugin.evaluation import EvaluationResult, evaluate  # noqa: E402
 from mmnet_plugin.models import MMNet  # noqa: E402
 from mmnet_plugin.training import Trainer, TrainConfig  # noqa: E402
 from mmnet_plugin.runtime import tune_cpu_allocator  # noqa: E402
-from benchmarks.common import safe_torch_load  # noqa: E402  (torch.load with weights_only=True)
+from mmnet_plugin.bench.common import safe_torch_load  # noqa: E402  (torch.load with weights_only=True)
 
 __all__ = ["PARTS", "Analysis", "build_parser", "main", "png_size", "row_standardised_contrast"]
 
@@ -335,8 +335,8 @@ class Analysis:
             if kind == "mmnet":
                 return MMNet(**options).to(self.device), None
             if kind == "matchingnet":
-                from benchmarks.methods.base import MethodContext
-                from benchmarks.methods.matchingnet import MatchingNetMethod
+                from mmnet_plugin.bench.methods.base import MethodContext
+                from mmnet_plugin.bench.methods.matchingnet import MatchingNetMethod
 
                 MatchingNetMethod.check_available()
                 ctx = MethodContext(self.args.dataset, 5, 5, self.in_channels, self.image_size, self.device,
@@ -789,7 +789,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         analysis.run(args.parts)
     except RuntimeError as exc:
-        from benchmarks.methods.base import MethodUnavailable
+        from mmnet_plugin.bench.methods.base import MethodUnavailable
 
         if not isinstance(exc, MethodUnavailable):
             raise

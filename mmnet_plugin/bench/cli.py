@@ -72,7 +72,7 @@ from mmnet_plugin.episodes import EpisodeSampler
 from mmnet_plugin.evaluation import evaluate
 from mmnet_plugin.runtime import tune_cpu_allocator
 
-from benchmarks.common import (
+from mmnet_plugin.bench.common import (
     CheckpointError,
     ImageDigest,
     PeakMemory,
@@ -90,9 +90,9 @@ from benchmarks.common import (
     stream_fingerprint,
     versions,
 )
-from benchmarks.methods import METHODS, Method, MethodContext, MethodUnavailable, mixed_ranges, resolve_method
-from benchmarks.published import PUBLISHED, PUBLISHED_SETTINGS, SOURCES, published_for
-from benchmarks.recipes import DEFAULT_MIN_STEPS, RecipeError, default_recipe, parse_recipe_spec, rule_batch
+from mmnet_plugin.bench.methods import METHODS, Method, MethodContext, MethodUnavailable, mixed_ranges, resolve_method
+from mmnet_plugin.bench.published import PUBLISHED, PUBLISHED_SETTINGS, SOURCES, published_for
+from mmnet_plugin.bench.recipes import DEFAULT_MIN_STEPS, RecipeError, default_recipe, parse_recipe_spec, rule_batch
 
 __all__ = ["main", "build_parser", "DEFAULT_METHODS", "BARE", "paper_preset", "fingerprint_checks"]
 
