@@ -266,21 +266,47 @@ def all_reduce_any(flag: bool, ctx: DistributedContext) -> bool:
     return all_reduce_max(1.0 if flag else 0.0, ctx) > 0.5
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """A differentiable sum over ranks: the backward pass sums the gradients over ranks too."""
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Normalise with given (global) statistics; the backward pass sums its reductions over ranks.
+
+    Forward: ``(x - mean) / sqrt(var + eps) * weight + bias`` with torch's fused batch-norm kernel.
+    Backward: the batch-norm gradient over all ranks' inputs, ``weight * invstd * (g - mean(g) -
+    xhat * mean(g * xhat))`` with the two means taken over every rank's elements (one all-reduce);
+    the weight and bias gradients are this rank's sums, as in ``torch.nn.SyncBatchNorm`` (DDP
+    averages them over ranks like every other gradient).
+    """
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
-        ctx.group = group
-        out = tensor.clone()
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=group)
-        return out
+    def forward(ctx: Any, input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                mean: torch.Tensor, var: torch.Tensor, eps: float, count: float, group: Any) -> torch.Tensor:  # type: ignore[override]
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.count, ctx.group, ctx.has_bias = count, group, bias is not None
+        return torch.nn.functional.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
-        out = grad.contiguous().clone()
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
-        return out, None
+        input, weight, mean, invstd = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last) if input.is_contiguous(
+            memory_format=torch.channels_last) and input.dim() == 4 else grad.contiguous()
+        w = weight if weight is not None else torch.ones_like(mean)
+        # this rank's sum(g * xhat) and sum(g) per channel, by torch's fused kernel
+        _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad, input, w, None, None, mean, invstd, True, 0.0, [False, True, True])
+        sums = torch.cat([sum_g, sum_gx]).double()
+        torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
+        c = mean.numel()
+        mean_g, mean_gx = (sums[:c] / ctx.count).to(mean.dtype), (sums[c:] / ctx.count).to(mean.dtype)
+        shape = [1, c] + [1] * (input.dim() - 2)
+        # grad_input = k * g + a * x + b, per channel, the affine form of the formula above
+        k = w * invstd
+        a = -k * invstd * mean_gx
+        b = -k * mean_g - a * mean
+        grad_input = torch.addcmul(b.view(shape), input, a.view(shape))
+        grad_input.addcmul_(grad, k.view(shape))
+        grad_weight = sum_gx if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_g if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
 class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
@@ -289,8 +315,10 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     ``torch.nn.SyncBatchNorm`` runs only on GPUs; this layer does the same on the CPU (gloo):
     in training mode, under an initialised process group of more than one rank, the mean and
     the (biased) variance used to normalise are those of the union of every rank's batch,
-    computed in two passes with differentiable all-reduces, so the
-    gradients are those of one process normalising the whole batch. The running statistics are
+    gathered with one all-reduce (each rank's count, mean and variance), and the backward pass
+    takes its two per-channel means over all ranks too (one more all-reduce), so the gradients
+    are those of one process normalising the whole batch. Normalisation and reductions use
+    torch's fused batch-norm kernels. The running statistics are
     updated with them as :class:`torch.nn.BatchNorm2d` would (unbiased variance). In evaluation
     mode, or without a process group, it is plain batch norm. Parameters and buffers are those
     of :class:`torch.nn.BatchNorm2d`, so its state dict loads into one.
@@ -318,28 +346,30 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         if not sync:
             return super().forward(input)
         group = group if group is not None else dist.group.WORLD
-        all_reduce = _AllReduceSum.apply
         self._check_input_dim(input)
         c = input.shape[1]
         dims = [0] + list(range(2, input.dim()))
-        shape = [1, c] + [1] * (input.dim() - 2)
-        count = input.new_full((1,), float(input.numel() // max(c, 1)))
-        first = all_reduce(torch.cat([input.sum(dims), count]), group)
-        n = first[-1]
-        mean = first[:-1] / n
-        centred = input - mean.view(shape)
-        var = all_reduce(centred.pow(2).sum(dims), group) / n
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
+        n_local = input.numel() // max(c, 1)
+        with torch.no_grad():
+            # one all-reduce: every rank's count, sum and sum of squares (from its own mean and
+            # variance, in float64), then the mean and biased variance of all ranks' elements
+            var_r, mean_r = torch.var_mean(input, dims, correction=0)
+            mean_r, var_r = mean_r.double(), var_r.double()
+            stats = torch.cat([mean_r * n_local, (var_r + mean_r * mean_r) * n_local,
+                               mean_r.new_full((1,), float(n_local))])
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
+            n = float(stats[-1])
+            mean = stats[:c] / n
+            var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+            if self.track_running_stats and self.running_mean is not None:
                 self.num_batches_tracked.add_(1)
                 factor = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
-                unbiased = var.detach() * (n.detach() / (n.detach() - 1).clamp_min(1))
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-        return out
+                unbiased = var * (n / max(n - 1.0, 1.0))
+                self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        dtype = input.dtype
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, mean.to(dtype), var.to(dtype),
+                                            self.eps, n, group)
 
 
 def convert_sync_batchnorm(module: torch.nn.Module, ctx: DistributedContext,
