@@ -354,6 +354,11 @@ class Trainer:
             same config) and call :meth:`fit` with the same source; ``config.device`` ``"cuda"``
             means this rank's GPU (``cuda:<local_rank>``). With ``config.sync_bn`` the model's
             batch-norm layers are converted in place (their state dict keys do not change).
+            DDP runs without ``find_unused_parameters``: every parameter that requires a
+            gradient must take part in every step's loss (MM-Net's all do, in every form);
+            freeze the others (``requires_grad_(False)``). A model with ``shuffle_support``
+            draws its write orders from its own generator on every rank, for that rank's
+            episodes only, so they differ from one process's.
 
     Raises:
         ValueError: when bf16 is asked for where the device lacks it, or under several

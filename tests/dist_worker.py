@@ -12,6 +12,8 @@ The model is float64 (see :func:`model`). Files:
 * ``eval_rank<r>.json``: that checkpoint evaluated on 7 glyph test episodes, sharded;
 * ``agree_rank<r>.json``: a run with a time limit that has passed at once and a validation
   whose value depends on the rank (the ranks must stop at the same step and use rank 0's value);
+* ``errors_rank<r>.json``: an evaluation whose model fails on rank 1 only, and a training
+  run whose checkpoint path cannot be written (checked by rank 0): every rank must raise;
 * ``cli/``: ``mmnet train`` (2 steps) and ``mmnet evaluate`` through :func:`mmnet_plugin.cli.main`,
   their standard output per rank in ``cli_rank<r>.txt``.
 
@@ -89,6 +91,23 @@ def main(out: Path) -> None:
         agree.fit(train_sampler(), validate=lambda m: 0.25 + ctx.rank)
         (out / f"agree_rank{ctx.rank}.json").write_text(json.dumps(
             {"step": agree.step, "stopped": agree.stopped_early, "history": agree.history}))
+
+        errors = {}
+
+        def wrong_on_rank_1(sx, sy, qx):
+            n_way = int(sy.max()) + 1
+            return torch.zeros(len(qx), n_way + (1 if ctx.rank == 1 else 0))
+
+        try:
+            evaluate(wrong_on_rank_1, test_sampler(), context=ctx)
+        except ValueError as exc:
+            errors["evaluate"] = str(exc)
+        try:  # rank 0 checks the paths it alone writes, for every rank
+            Trainer(model(), TrainConfig(steps=1, batch_episodes=BATCH, progress=False,
+                                         checkpoint="/proc/no/such/m.pt"), context=ctx).fit(train_sampler())
+        except ValueError as exc:
+            errors["fit"] = str(exc)
+        (out / f"errors_rank{ctx.rank}.json").write_text(json.dumps(errors))
 
         cli_out = out / "cli"
         common = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--seed", "5"]

@@ -255,3 +255,10 @@ def test_distributed_step_script_parses_modes_and_refuses_bad_ones(capsys):
             script._parse_modes(bad)
     assert script.main(["--modes", "ranks4", "--batch-episodes", "3"]) == 2
     assert "fewer than 4 ranks" in capsys.readouterr().err
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):
+    rank0, rank1 = _read(ranks, "errors_rank{r}.json")
+    assert "a callable model must return class scores" in rank1["evaluate"]
+    assert rank0["evaluate"].startswith("evaluation failed on rank 1: ValueError: the model returned scores")
+    assert rank0["fit"] == rank1["fit"] and "checkpoint /proc/no/such/m.pt cannot be" in rank0["fit"]
