@@ -4,7 +4,7 @@ Both work on a *batch* of episodes at once. Episodes may have different numbers 
 items, so inputs are padded to the longest episode: ``[B, N, ...]`` with per-episode
 ``lengths`` (valid items come first; positions ``>= lengths[b]`` are ignored).
 
-Write controller (DESIGN.md "MM-Net, as built here", item 2). The support items are
+Write controller (the README's "MM-Net as built here"). The support items are
 written in the order given. The first item opens a slot. Each later item ``n`` finds the
 used slot whose key has the largest dot product with its key-space vector ``zk_n``; if that
 slot's label equals ``y_n`` the key becomes ``normalize(m + zk_n)`` (Eq. 4), otherwise a new

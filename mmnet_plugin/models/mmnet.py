@@ -1,6 +1,6 @@
 """Memory Matching Networks (Cai et al., CVPR 2018) as a ``torch.nn.Module``.
 
-The model, following DESIGN.md "MM-Net, as built here" (symbols of the paper):
+The model, following the README's "MM-Net as built here" (symbols of the paper):
 
 * ``z = g0(x)``: the Conv-4 backbone on the support images (all four blocks).
 * Memory: ``zk = Tz z`` (``Dm`` = 512) written by the write controller
