@@ -44,8 +44,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 
-from .distributed import (SINGLE_PROCESS, DistributedContext, all_reduce_any, barrier, broadcast_object,
-                          convert_sync_batchnorm, shard)
+from .distributed import (SINGLE_PROCESS, DistributedContext, _collective_device, all_reduce_any, barrier,
+                          broadcast_object, convert_sync_batchnorm, shard)
 from .episodes import Episode, require_episode
 
 __all__ = [
@@ -723,12 +723,6 @@ class Trainer:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-
-def _collective_device(ctx: DistributedContext) -> torch.device:
-    if ctx.backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def _describe(spec: Dict[str, Any]) -> str:

@@ -155,3 +155,24 @@ def test_validation_inside_the_training_split_is_warned(capsys, split, val_split
         assert err == []
     else:
         assert len(err) == 1 and err[0].startswith("mmnet: warning: " + warned)
+
+
+def test_sync_bn_in_one_process_trains_as_without_it(tmp_path, capsys, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["train", "--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--ways", "3",
+            "--steps", "2", "--batch-episodes", "2", "--dm", "16", "--dr", "16", "--log"]
+    assert main([*args, str(tmp_path / "a.jsonl"), "--sync-bn"]) == 0
+    with_sync = capsys.readouterr().out
+    assert main([*args, str(tmp_path / "b.jsonl")]) == 0
+    assert capsys.readouterr().out == with_sync and "processes" not in with_sync
+    assert "--sync-bn" in subprocess.run([sys.executable, "-m", "mmnet_plugin", "train", "--help"],
+                                         capture_output=True, text=True).stdout
+
+
+def test_bad_torchrun_environment_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["evaluate", "--dataset", "glyphs", "--device", "cpu", "--checkpoint", "x.pt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmnet: error: WORLD_SIZE=2 is set but RANK is not") and len(err.splitlines()) == 1
