@@ -1,15 +1,17 @@
 """A method of your own in the benchmark harness, without editing mmnet-plugin.
 
-A method is a subclass of ``benchmarks.methods.Method`` (the interface is documented in
-``benchmarks/methods/base.py``): a ``name`` for the command line, ``build`` (model and
-optimiser on ``self.ctx.device``), ``train_step`` (one optimiser step on a batch of
+A method is a subclass of ``mmnet_plugin.bench.methods.Method`` (installed with the package;
+the interface is documented in ``mmnet_plugin/bench/methods/base.py``): a ``name`` for the
+command line, ``build`` (model and optimiser on ``self.ctx.device``), ``train_step`` (one optimiser step on a batch of
 episodes, returning the loss) and ``predictor`` (a function from one test episode's
 ``support_x, support_y, query_x`` to class scores ``[n_query, n_way]``). The harness owns
 everything else: the seeded episodes shared with the other methods, the clock, validation,
 checkpoints and the leaderboard. This one is a cosine nearest-centroid classifier over the
-shared Conv-4 backbone. Run it beside the built-in methods, from the repository root:
+shared Conv-4 backbone. Run it beside the built-in methods, from the folder holding this file:
 
-    PYTHONPATH=examples python benchmarks/run.py --methods custom_method:CosineCentroids,protonet
+    PYTHONPATH=. mmnet bench --methods custom_method:CosineCentroids,protonet
+
+(from a checkout's root: ``PYTHONPATH=examples python benchmarks/run.py --methods ...``)
 
 or publish it in your package's metadata, after which ``--methods cosine-centroids`` works::
 
@@ -25,8 +27,8 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmarks.methods import Method
-from benchmarks.methods.base import Predictor, conv4_backbone
+from mmnet_plugin.bench.methods import Method
+from mmnet_plugin.bench.methods.base import Predictor, conv4_backbone
 from mmnet_plugin import Episode
 
 

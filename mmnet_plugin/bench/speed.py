@@ -24,9 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):
-    sys.path.append(str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import torch
 
@@ -35,8 +32,8 @@ from mmnet_plugin.data import load_dataset
 from mmnet_plugin.episodes import EpisodeSampler
 from mmnet_plugin.runtime import tune_cpu_allocator
 
-from mmnet_plugin.bench.common import atomic_write_json, derive_seed, device_description, versions
-from mmnet_plugin.bench.methods import METHODS, MethodContext, MethodUnavailable
+from .common import atomic_write_json, derive_seed, device_description, versions
+from .methods import METHODS, MethodContext, MethodUnavailable
 
 __all__ = ["main", "measure"]
 
@@ -168,7 +165,7 @@ def report(res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/speed.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m mmnet_plugin.bench.speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
     p.add_argument("--device", default="all", help="all (CPU, and CUDA when present), cpu, cuda or cuda:N")

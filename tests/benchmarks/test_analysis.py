@@ -1,4 +1,4 @@
-"""The section 4.6 analyses (``benchmarks/analysis.py``) on a tiny ``glyphs`` budget.
+"""The section 4.6 analyses (``mmnet_plugin.bench.analysis``, ``benchmarks/analysis.py`` in a checkout) on a tiny ``glyphs`` budget.
 
 One shared run of every part (1 step of 1 episode per model, Dm = Dr = 8, 2 test episodes of
 2 queries per class) feeds most tests; the numbers are meaningless, the files are checked.
@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
 pytest.importorskip("easyfsl")
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from benchmarks import analysis  # noqa: E402
+from mmnet_plugin.bench import analysis  # noqa: E402
 from mmnet_plugin.data import load_dataset  # noqa: E402
 from mmnet_plugin.episodes import Episode, EpisodeSampler  # noqa: E402
 from mmnet_plugin.models import MMNet  # noqa: E402

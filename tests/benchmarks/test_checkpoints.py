@@ -1,5 +1,5 @@
 """No code runs from files: the harness and the analysis load checkpoints with
-``torch.load(..., weights_only=True)`` (through ``benchmarks.common.safe_torch_load``).
+``torch.load(..., weights_only=True)`` (through ``mmnet_plugin.bench.files.safe_torch_load``).
 
 A planted checkpoint whose unpickling would write a marker file is first shown to be
 harmful with ``weights_only=False``; then the helper and the harness must refuse it, name
@@ -9,17 +9,14 @@ the file, leave no marker, and (the harness) retrain instead of failing.
 from __future__ import annotations
 
 import pathlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
-from benchmarks.common import CheckpointError, atomic_torch_save, safe_torch_load  # noqa: E402
+from mmnet_plugin.bench.common import CheckpointError, atomic_torch_save, safe_torch_load  # noqa: E402
 
 
 class _Planted:
@@ -68,7 +65,7 @@ def test_safe_load_reads_plain_checkpoints_and_reports_truncated_ones(tmp_path):
 
 def test_harness_refuses_a_planted_checkpoint_and_retrains(tmp_path, capsys):
     pytest.importorskip("easyfsl")
-    from benchmarks import run as harness
+    from mmnet_plugin.bench import cli as harness
 
     out, marker = tmp_path / "out", tmp_path / "marker.txt"
     args = ["--dataset", "glyphs", "--settings", "5w1s", "--train-episodes", "4", "--test-episodes", "4",

@@ -1,15 +1,12 @@
 """The device record of a results file names what decides CPU numerics."""
 
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
-from benchmarks.common import device_description  # noqa: E402
+from mmnet_plugin.bench.common import device_description  # noqa: E402
 
 
 def test_cpu_record_names_the_instruction_set_and_its_cap(monkeypatch):

@@ -18,14 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
 pytest.importorskip("easyfsl")
 pytest.importorskip("learn2learn")
 
-from benchmarks import run as harness  # noqa: E402
-from benchmarks.methods import METHODS  # noqa: E402
+from mmnet_plugin.bench import cli as harness  # noqa: E402
+from mmnet_plugin.bench.methods import METHODS  # noqa: E402
 
 ALL = "mmnet,mmnet-mixed,maml,protonet,matchingnet"
 TINY = ["--dataset", "glyphs", "--settings", "5w1s", "--train-episodes", "32", "--test-episodes", "20",
@@ -84,7 +82,7 @@ def test_fingerprints_agree(tiny_run):
         assert r["check"] == "ok", m
         assert r["test_episodes"] == 20 and r["queries"] == 3
     # each method cut the same stream in its own batch size (MM-Net: 1 episode a step at
-    # this tiny budget, see benchmarks/methods/mmnet.py; MAML: its meta-batch of 32)
+    # this tiny budget, see mmnet_plugin/bench/methods/mmnet.py; MAML: its meta-batch of 32)
     assert recs["mmnet"]["train_steps"] == 32 and recs["maml"]["train_steps"] == 1
     assert recs["protonet"]["train_steps"] == 32
     checks = _results(out)["checks"]["5w1s"]
@@ -196,8 +194,8 @@ def test_bad_arguments_exit_2(capsys):
 def test_mmnet_batch_shrinks_so_small_budgets_get_enough_steps():
     import torch
 
-    from benchmarks.methods.base import MethodContext
-    from benchmarks.methods.mmnet import MIN_STEPS, MMNetMethod
+    from mmnet_plugin.bench.methods.base import MethodContext
+    from mmnet_plugin.bench.methods.mmnet import MIN_STEPS, MMNetMethod
 
     def batch(dataset, budget):
         return MMNetMethod(MethodContext(dataset, 5, 1, 1, 28, torch.device("cpu"), budget)).episodes_per_step
@@ -211,7 +209,7 @@ def test_mmnet_batch_shrinks_so_small_budgets_get_enough_steps():
 def test_a_method_of_your_own_runs_beside_the_built_in_ones(tmp_path, monkeypatch):
     """``--methods module:Class`` imports, registers and runs a user's method (the example),
     on the same episodes as a built-in one."""
-    from benchmarks.methods import resolve_method
+    from mmnet_plugin.bench.methods import resolve_method
 
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     saved = dict(METHODS)

@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
 pytest.importorskip("easyfsl")
 pytest.importorskip("learn2learn")
 
-from benchmarks import run as harness  # noqa: E402
-from benchmarks.common import safe_torch_load, stream_fingerprint  # noqa: E402
-from benchmarks.methods import METHODS  # noqa: E402
-from benchmarks.published import RECIPE_SOURCES, SOURCES  # noqa: E402
-from benchmarks.recipes import RecipeError, parse_recipe_spec, rule_batch  # noqa: E402
+from mmnet_plugin.bench import cli as harness  # noqa: E402
+from mmnet_plugin.bench import grid as bench_grid  # noqa: E402
+from mmnet_plugin.bench import train as bench_train  # noqa: E402
+from mmnet_plugin.bench.common import safe_torch_load, stream_fingerprint  # noqa: E402
+from mmnet_plugin.bench.methods import METHODS  # noqa: E402
+from mmnet_plugin.bench.published import RECIPE_SOURCES, SOURCES  # noqa: E402
+from mmnet_plugin.bench.recipes import RecipeError, parse_recipe_spec, rule_batch  # noqa: E402
 
 BASE = ["--dataset", "glyphs", "--settings", "5w1s", "--queries", "2", "--device", "cpu", "--seed", "5",
         "--threads", "1", "--no-progress"]
@@ -85,7 +84,7 @@ def test_budget_rule_is_the_same_for_every_batch():
 def test_protonet_published_trains_on_five_queries_of_the_shared_episode():
     from mmnet_plugin.episodes import Episode
 
-    from benchmarks.methods.protonet import first_queries
+    from mmnet_plugin.bench.methods.protonet import first_queries
 
     qy = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
     ep = Episode(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.arange(14.0).view(14, 1, 1, 1).expand(14, 1, 4, 4),
@@ -134,7 +133,7 @@ def test_tested_weights_are_the_best_on_val_ones(tmp_path, monkeypatch):
         seen.append({k: v.clone() for k, v in m.model.state_dict().items()})
         return next(scores), 0.0
 
-    monkeypatch.setattr(harness, "_validate", fake_validate)
+    monkeypatch.setattr(bench_train, "_validate", fake_validate)
     out = tmp_path / "out"
     assert _main(out, "--methods", "protonet", "--recipe", "published", "--train-episodes", "8",
                  "--test-episodes", "3", "--val-every", "2") == 0
@@ -179,12 +178,12 @@ def test_results_from_other_code_are_not_reused_unless_asked(tmp_path, monkeypat
     assert _main(out, *args) == 0
     first = _records(out)["protonet"]
     assert first["code"]["source_sha256"] and "commit" in first["code"]
-    real = harness.code_identity
+    real = bench_grid.code_identity
 
     def other_code():
         return dict(real(), source_sha256="0123456789abcdef", commit="feedface")
 
-    monkeypatch.setattr(harness, "code_identity", other_code)
+    monkeypatch.setattr(bench_grid, "code_identity", other_code)
     shutil.rmtree(out / "checkpoints")
     capsys.readouterr()
     assert _main(out, *args) == 0
@@ -194,7 +193,7 @@ def test_results_from_other_code_are_not_reused_unless_asked(tmp_path, monkeypat
     assert second["code"]["source_sha256"] == "0123456789abcdef" and second["finished_at"] >= first["finished_at"]
     assert second["key"] != first["key"]
     # back to the first code, forcing reuse of the second's record: marked, not retrained
-    monkeypatch.setattr(harness, "code_identity", real)
+    monkeypatch.setattr(bench_grid, "code_identity", real)
     for cls in METHODS.values():
         monkeypatch.setattr(cls, "build", lambda self: (_ for _ in ()).throw(AssertionError("retrained")))
     (out / "records" / f"protonet__5w1s__{first['key']}.json").unlink()

@@ -1,22 +1,19 @@
-"""``benchmarks/speed.py`` on a tiny configuration: it runs, reports both targets and writes
+"""``mmnet_plugin.bench.speed`` (``benchmarks/speed.py``) on a tiny configuration: it runs, reports both targets and writes
 its measurements (the timings themselves are a benchmark, not checked here)."""
 
 from __future__ import annotations
 
 import json
 import platform
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
 pytest.importorskip("easyfsl")
 
-from benchmarks import speed  # noqa: E402
+from mmnet_plugin.bench import speed  # noqa: E402
 
 
 def test_speed_reports_targets_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

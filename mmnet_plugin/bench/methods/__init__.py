@@ -50,7 +50,7 @@ def register_method(cls: object, where: str = "") -> Type[Method]:
     """
     what = where or repr(cls)
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
-        raise ValueError(f"{what} is not a subclass of benchmarks.methods.Method; see examples/custom_method.py")
+        raise ValueError(f"{what} is not a subclass of mmnet_plugin.bench.methods.Method; see examples/custom_method.py")
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} has no `name`: set the class attribute `name` (its command-line name)")

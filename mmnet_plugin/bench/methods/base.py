@@ -137,7 +137,7 @@ class Method:
         Raises:
             MethodUnavailable: naming the missing library and its install command.
         """
-        from mmnet_plugin.bench.common import quiet_import
+        from ..meters import quiet_import
 
         for module, install in cls.requires:
             try:

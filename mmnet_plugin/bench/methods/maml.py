@@ -54,7 +54,7 @@ from torch import nn
 
 from mmnet_plugin.episodes import Episode
 
-from mmnet_plugin.bench.recipes import Recipe
+from ..recipes import Recipe
 
 from .base import Method, Predictor, conv4_backbone
 
@@ -147,7 +147,7 @@ class MAMLMethod(Method):
         return int(finn_hyperparameters(self.ctx.dataset, self.ctx.ways, self.ctx.shots)["meta_batch"])
 
     def build(self) -> None:
-        from mmnet_plugin.bench.common import quiet_import
+        from ..meters import quiet_import
 
         with quiet_import():
             from learn2learn.algorithms import MAML

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from mmnet_plugin.bench.recipes import Recipe
+from ..recipes import Recipe
 
 from .protonet import ProtoNetMethod
 

@@ -28,7 +28,7 @@ import torch
 
 from mmnet_plugin.episodes import Episode
 
-from mmnet_plugin.bench.recipes import Recipe
+from ..recipes import Recipe
 
 from .base import Method, Predictor, halving_scheduler
 

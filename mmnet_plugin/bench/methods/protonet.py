@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from mmnet_plugin.episodes import Episode
 
-from mmnet_plugin.bench.recipes import Recipe
+from ..recipes import Recipe
 
 from .base import Method, Predictor, conv4_backbone, halving_scheduler
 
