@@ -206,7 +206,6 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     once_val = None if not validation["enabled"] else {  # trained-once methods validate on the first setting
         "split": "val", "ways": first[0], "shots": first[1], "queries": args.queries,
         "seed": run["seeds"][format_setting(*first)]["val"], "episodes": validation["episodes"]}
-    tag = f" [rank {rank}]" if world > 1 else ""
     cell = -1
     try:
         for ways, shots in settings:
@@ -222,6 +221,7 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
             mixed = {"split": opts["train_split"], "ways": list(mixed_w), "shots": list(mixed_k),
                      "queries": args.queries, "seed": run["seeds"]["mixed_train"],
                      "episodes": opts["train_episodes"]}
+            tag = f" [{setting}, rank {rank}]" if world > 1 else ""
             if main_rank:
                 print(f"\n== {setting}: training stream seed {seeds['train']}, test stream seed {seeds['test']}")
             for name in args.methods:
