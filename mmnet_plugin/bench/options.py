@@ -106,7 +106,7 @@ def build_parser(prog: str = "mmnet bench") -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None,
                    help="training recipe: NAME for every method and/or METHOD=NAME items, e.g. "
                         "'published' or 'published,maml=harness' (default: published on real data, harness on "
-                        "glyphs; see benchmarks/recipes.py)")
+                        "glyphs; see mmnet_plugin/bench/recipes.py)")
     p.add_argument("--train-episodes", type=positive_int, default=None,
                    help=f"training episodes per method and setting, the same for every method "
                         f"(default {BARE['train_episodes']}; with --budget-seconds: a cap, default none)")

@@ -35,7 +35,7 @@ SOURCES: Dict[str, str] = {
                    "maml_init_).",
 }
 
-#: (method, recipe) -> what the recipe takes from its source (benchmarks/recipes.py; every
+#: (method, recipe) -> what the recipe takes from its source (mmnet_plugin/bench/recipes.py; every
 #: record names its recipe and source key). Where a source is silent the recipe says so.
 RECIPE_SOURCES: Dict[Tuple[str, str], str] = {
     ("mmnet", "published"): "cai2018 section 4.2: Adam, learning rate 1e-3 halved every 20,000 iterations, "

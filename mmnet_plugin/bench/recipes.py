@@ -2,11 +2,11 @@
 
 Every method knows a few named recipes (``Method.RECIPES``); ``--recipe`` picks one for all
 methods (``--recipe published``) or per method (``--recipe published,maml=harness``). Each
-recipe names its source (a key of :data:`benchmarks.published.SOURCES`), and the results
+recipe names its source (a key of :data:`mmnet_plugin.bench.published.SOURCES`), and the results
 record it.
 
 - ``published`` (the default on real data): each method as its paper trains it, see the
-  method files and ``benchmarks/published.py`` (``RECIPE_SOURCES``).
+  method files and ``mmnet_plugin/bench/published.py`` (``RECIPE_SOURCES``).
 - ``harness``: the harness's recipe before issue 12 (the default on ``glyphs``, so the bare
   command is unchanged): every method on the shared stream, MAML with PyTorch's default
   initialisation, Matching Networks with FCE, MM-Net's batch shrunk by the budget.
@@ -35,7 +35,7 @@ class Recipe:
 
     Attributes:
         name: the recipe's name (``published``, ``harness``, ...).
-        source: key of :data:`benchmarks.published.SOURCES` the recipe follows.
+        source: key of :data:`mmnet_plugin.bench.published.SOURCES` the recipe follows.
         summary: one line: what is trained how, and what deviates from the source.
     """
 

@@ -1,7 +1,7 @@
 """Per-episode training-step and test time of every method on the same episodes.
 
-    python benchmarks/speed.py                      # CPU, and CUDA when present
-    python benchmarks/speed.py --device cpu --rounds 5 --profile
+    python -m mmnet_plugin.bench.speed               # CPU, and CUDA when present (benchmarks/speed.py in a checkout)
+    python -m mmnet_plugin.bench.speed --device cpu --rounds 5 --profile
 
 5-way 1-shot at 28x28 on ``glyphs`` with 15 queries per class by default. One pool of
 training episodes (as many as the largest batch a method takes, MAML's meta-batch of 32)

@@ -79,14 +79,14 @@ class Method:
     #: True for a method trained once and tested on every setting (``mmnet-mixed``)
     trained_once: bool = False
 
-    #: recipe name -> :class:`benchmarks.recipes.Recipe` (sources in benchmarks/published.py)
+    #: recipe name -> :class:`mmnet_plugin.bench.recipes.Recipe` (sources in mmnet_plugin/bench/published.py)
     RECIPES: Dict[str, Any] = {}
 
     def __init__(self, ctx: MethodContext, recipe: str = "harness", options: Optional[Dict[str, Any]] = None) -> None:
         """
         Args:
             ctx: the job's context.
-            recipe: a key of :attr:`RECIPES` (see :mod:`benchmarks.recipes`).
+            recipe: a key of :attr:`RECIPES` (see :mod:`mmnet_plugin.bench.recipes`).
             options: method options from the command line (e.g. ``protonet_train_ways``).
 
         Raises:
