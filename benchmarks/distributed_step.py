@@ -2,8 +2,8 @@
 
 Times one optimisation step of a 16-episode batch (by default 20-way 1-shot, 5 queries per
 class, on the embedded glyph data: 28x28 images like Omniglot's, no files needed) through
-:class:`mmnet_plugin.training.Trainer`: drawing the batch (every rank draws all of it and keeps
-its share), forward, backward (with DDP's gradient all-reduce under several ranks) and the Adam
+:class:`mmnet_plugin.training.Trainer`: drawing the batch (every rank draws all of it and reads the
+images of its share only), forward, backward (with DDP's gradient all-reduce under several ranks) and the Adam
 step. Each mode runs in fresh processes:
 
 * ``single<T>``: one process with T threads (``single2``: 1 process x 2 threads);
@@ -122,7 +122,7 @@ def _worker(args: argparse.Namespace) -> None:
         for _ in range(args.warmup + args.steps):
             barrier(ctx)
             t0 = time.perf_counter()
-            batch = sampler.sample_batch(args.batch_episodes)
+            batch = trainer.draw(sampler)  # as fit: a rank reads the images of its share only
             t1 = time.perf_counter()
             loss, _ = trainer.backward(batch)
             trainer.optimizer.step()

@@ -203,6 +203,8 @@ class Episode:
         """Stable bytes identifying what this episode drew (class ids and image indices).
 
         Falls back to the labels when the episode carries no dataset indices."""
+        if self.class_ids is not None and self.support_indices is not None and self.query_indices is not None:
+            return _index_fingerprint_bytes(self.class_ids, self.support_indices, self.query_indices)
         parts = []
         for name in ("class_ids", "support_indices", "query_indices"):
             v = getattr(self, name)
@@ -215,6 +217,11 @@ class Episode:
         if self.query_indices is None and self.query_y is not None:
             parts.append(self.query_y.detach().cpu().numpy().astype("<i8"))
         return b"|".join(p.tobytes() for p in parts)
+
+
+def _index_fingerprint_bytes(class_ids: Any, support_indices: Any, query_indices: Any) -> bytes:
+    """:meth:`Episode.fingerprint_bytes` of an episode that carries all three index lists."""
+    return b"|".join(np.asarray(list(v), dtype="<i8").tobytes() for v in (class_ids, support_indices, query_indices))
 
 
 def _as_image_tensor(x: Any, name: str) -> torch.Tensor:
@@ -413,6 +420,12 @@ class EpisodeSampler:
     # ------------------------------------------------------------------ drawing
     def sample(self) -> Episode:
         """Draw the next episode (and advance the fingerprint)."""
+        return self._next(load=True)[0]
+
+    def _next(self, load: bool) -> Tuple[Optional[Episode], bytes]:
+        """Draw the next episode and its fingerprint bytes; without ``load`` its images are not read
+        and the episode is ``None`` (the random stream, ``drawn`` and the fingerprint advance
+        exactly as with ``load``)."""
         rng = self.rng
         w_lo, w_hi = _bounds(self.ways)
         k_lo, k_hi = _bounds(self.shots)
@@ -431,6 +444,11 @@ class EpisodeSampler:
         sp = rng.permutation(n_way * k)
         qp = rng.permutation(n_way * q)
         sup_flat, qry_flat = sup_idx.reshape(-1)[sp], qry_idx.reshape(-1)[qp]
+        if not load:
+            data = _index_fingerprint_bytes(self._class_ids[picked], sup_flat, qry_flat)
+            self.drawn += 1
+            self.fingerprint = _chain(self.fingerprint, data)
+            return None, data
         images = self.dataset.load(np.concatenate([sup_flat, qry_flat]))
         episode = Episode(
             support_x=images[: len(sup_flat)],
@@ -441,13 +459,57 @@ class EpisodeSampler:
             support_indices=sup_flat.tolist(),
             query_indices=qry_flat.tolist(),
         )
+        data = episode.fingerprint_bytes()
         self.drawn += 1
-        self.fingerprint = _chain(self.fingerprint, episode.fingerprint_bytes())
-        return episode
+        self.fingerprint = _chain(self.fingerprint, data)
+        return episode, data
 
-    def sample_batch(self, n: int) -> list:
-        """Draw ``n`` episodes (a training batch); in mixed mode each has its own C and k."""
-        return [self.sample() for _ in range(int(n))]
+    def sample_batch(self, n: int, keep: Optional[Sequence[int]] = None) -> list:
+        """Draw ``n`` episodes (a training batch); in mixed mode each has its own C and k.
+
+        Args:
+            n: the number of episodes.
+            keep: positions ``0..n-1`` of the episodes to return (``None``: all). The others are
+                drawn (the random stream, :attr:`drawn` and :attr:`fingerprint` advance exactly
+                as without ``keep``) but their images are never read: how a rank takes its
+                share of a batch that every rank draws.
+
+        Returns:
+            The episodes (those in ``keep``, in batch order).
+        """
+        wanted = None if keep is None else {int(i) for i in keep}
+        out = []
+        for i in range(int(n)):
+            ep, _ = self._next(load=wanted is None or i in wanted)
+            if ep is not None:
+                out.append(ep)
+        return out
+
+    def iter_shard(self, rank: int, world_size: int) -> Iterator[Tuple[Optional[Episode], bytes]]:
+        """One pass, as iterating the sampler, that reads the images of one rank's share only.
+
+        Position ``i`` of the pass is this rank's when ``i % world_size == rank`` (the strided
+        :func:`~mmnet_plugin.distributed.shard`); the other episodes are drawn without reading their
+        images, so the random stream, :attr:`drawn` and :attr:`fingerprint` advance exactly as in
+        a plain pass.
+
+        Args:
+            rank: this rank, ``0 .. world_size - 1``.
+            world_size: the number of ranks (at least 1).
+
+        Yields:
+            ``(episode, fingerprint_bytes)``: the episode for this rank's positions, ``None`` for
+            the others; the bytes are :meth:`Episode.fingerprint_bytes` in both cases.
+
+        Raises:
+            ValueError: for a rank outside ``0 .. world_size - 1``.
+        """
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank {rank} is outside 0..{int(world_size) - 1} (world_size {world_size})")
+        i = 0
+        while self.episodes is None or i < self.episodes:
+            yield self._next(load=i % int(world_size) == int(rank))
+            i += 1
 
     def __iter__(self) -> Iterator[Episode]:
         if self.episodes is None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .distributed import SINGLE_PROCESS, DistributedContext, gather_objects
-from .episodes import Episode, _EMPTY_FINGERPRINT, _chain, require_episode
+from .episodes import Episode, EpisodeSampler, _EMPTY_FINGERPRINT, _chain, require_episode
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
 
@@ -150,11 +150,15 @@ def evaluate(
             p = next(model.parameters(), None)
             device = p.device if p is not None else "cpu"
     device = torch.device(device or "cpu")
-    iterator = episodes
+    if ctx.enabled and isinstance(episodes, EpisodeSampler) and episodes.episodes is not None:
+        # the other ranks' episodes are drawn without reading their images
+        stream: Iterable[Tuple[Optional[Episode], Optional[bytes]]] = episodes.iter_shard(ctx.rank, ctx.world_size)
+    else:
+        stream = ((ep, None) for ep in episodes)
     if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(episodes, desc=desc, leave=False, total=_len_or_none(episodes))
+        stream = tqdm(stream, desc=desc, leave=False, total=_len_or_none(episodes))
     accs: List[float] = []
     mine: List[int] = []  # the indices of the episodes this rank scored
     queries = None
@@ -187,7 +191,12 @@ def evaluate(
     n_seen = 0
     error: Optional[BaseException] = None
     try:
-        for ep in iterator:
+        for ep, skipped_bytes in stream:
+            if ep is None and skipped_bytes is not None:  # another rank's episode, drawn but not loaded
+                fp = _chain(fp, skipped_bytes)
+                queries = episodes.queries if queries is None else min(queries, episodes.queries)
+                n_seen += 1
+                continue
             ep = require_episode(ep, "evaluate")
             if ep.query_y is None:
                 raise ValueError("cannot score an episode without query labels (query_y is None)")

@@ -46,7 +46,7 @@ import torch
 
 from .distributed import (SINGLE_PROCESS, DistributedContext, _collective_device, all_reduce_any, barrier,
                           broadcast_object, convert_sync_batchnorm, shard)
-from .episodes import Episode, require_episode
+from .episodes import Episode, EpisodeSampler, require_episode
 
 __all__ = [
     "TrainConfig",
@@ -310,6 +310,14 @@ def _episode_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(dim=-1) == labels).float().mean())
 
 
+class _Share(list):
+    """This rank's episodes of a batch of ``batch_size`` (its :func:`~mmnet_plugin.distributed.shard`)."""
+
+    def __init__(self, episodes: Sequence[Episode], batch_size: int) -> None:
+        super().__init__(episodes)
+        self.batch_size = int(batch_size)
+
+
 class _LossStep(torch.nn.Module):
     """The training step's forward pass as a module, so DistributedDataParallel's hooks fire.
 
@@ -502,9 +510,17 @@ class Trainer:
         if error is not None:
             raise ValueError(error)
 
-    def _draw(self, iterator: Iterator[Episode]) -> List[Episode]:
-        """The step's full batch from the source (every rank draws all of it)."""
+    def _draw(self, iterator: Iterator[Episode], source: Any) -> List[Episode]:
+        """The step's batch from the source: every rank draws all of it.
+
+        Under several processes with an endless :class:`~mmnet_plugin.episodes.EpisodeSampler`,
+        the other ranks' episodes are drawn without reading their images (``sample_batch(keep=)``)
+        and only this rank's share is returned (:meth:`backward` is told so by ``_shared``)."""
         cfg = self.config
+        ctx = self.context
+        if ctx.enabled and isinstance(source, EpisodeSampler) and source.episodes is None:
+            mine = shard(cfg.batch_episodes, ctx)
+            return _Share(source.sample_batch(cfg.batch_episodes, keep=mine), cfg.batch_episodes)
         batch = []
         for _ in range(cfg.batch_episodes):
             try:
@@ -516,6 +532,29 @@ class Trainer:
                 ) from None
         return batch
 
+    def draw(self, source: Union[EpisodeSampler, Iterator[Episode]]) -> List[Episode]:
+        """The next step's batch, drawn as :meth:`fit` draws it, for :meth:`backward`.
+
+        Args:
+            source: an :class:`~mmnet_plugin.episodes.EpisodeSampler` (under several processes an
+                endless one gives only this rank's share, the other episodes drawn without reading
+                their images) or an iterator of episodes (``batch_episodes`` are taken from it).
+
+        Returns:
+            What :meth:`backward` takes for this step.
+
+        Raises:
+            ValueError: if the source is neither, or runs out of episodes.
+        """
+        if isinstance(source, EpisodeSampler):
+            if self.context.enabled and source.episodes is None:
+                return self._draw(iter(()), source)
+            return self._draw(iter(source.sample, None), None)
+        if not hasattr(source, "__next__"):
+            raise ValueError(f"Trainer.draw takes an EpisodeSampler or an iterator of episodes, "
+                             f"not a {type(source).__name__}; wrap it with iter()")
+        return self._draw(source, None)
+
     def backward(self, batch: Sequence[Episode]) -> Tuple[float, float]:
         """One step's forward and backward pass: the gradient of the mean loss over ``batch`` in ``.grad``.
 
@@ -526,7 +565,7 @@ class Trainer:
         set afresh (the optimiser's old ones are dropped); no optimiser step is taken.
 
         Args:
-            batch: the step's episodes (all of them, on every rank).
+            batch: the step's episodes (all of them, on every rank), or what :meth:`draw` returns.
 
         Returns:
             ``(loss, accuracy)`` of the whole batch (mean over its episodes; accuracy ``nan`` for
@@ -537,13 +576,14 @@ class Trainer:
             ValueError: under several processes, for a batch with fewer episodes than ranks.
         """
         ctx = self.context
-        n = len(batch)
+        n = batch.batch_size if isinstance(batch, _Share) else len(batch)
         if ctx.enabled:
             if n < ctx.world_size:
                 raise ValueError(f"a batch of {n} episodes cannot be shared by {ctx.world_size} processes; "
                                  f"give at least {ctx.world_size}")
             mine = list(shard(n, ctx))
-            batch = [batch[i] for i in mine]
+            if not isinstance(batch, _Share):
+                batch = [batch[i] for i in mine]
         batch = [ep.to(self.device) for ep in batch]
         loss, acc = self.step_module(batch)
         if ctx.enabled:
@@ -652,7 +692,7 @@ class Trainer:
         t_start = t_window = time.perf_counter()
         try:
             while self.step < cfg.steps:
-                loss_value, acc_value = self.backward(self._draw(iterator))
+                loss_value, acc_value = self.backward(self._draw(iterator, source))
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()

@@ -9,7 +9,9 @@ The model is float64 (see :func:`model`). Files:
   ``sync_bn``, per rank (``grads_rank<r>.pt``);
 * ``ckpt.pt`` and ``log.jsonl``: 2 training steps with ``sync_bn`` (5 episodes a step, so the
   two ranks hold 3 and 2);
-* ``eval_rank<r>.json``: that checkpoint evaluated on 7 glyph test episodes, sharded;
+* ``eval_rank<r>.json``: that checkpoint evaluated on 7 glyph test episodes, sharded (a
+  sampler: the other ranks' images are never read); ``eval_list_rank<r>.json``: the same
+  episodes as a list;
 * ``agree_rank<r>.json``: a run with a time limit that has passed at once and a validation
   whose value depends on the rank (the ranks must stop at the same step and use rank 0's value);
 * ``errors_rank<r>.json``: an evaluation whose model fails on rank 1 only, and a training
@@ -85,6 +87,9 @@ def main(out: Path) -> None:
         net = MMNet.from_checkpoint(out / "ckpt.pt")
         res = evaluate(net, test_sampler(), batch_episodes=2, context=ctx)
         (out / f"eval_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
+        # a plain list of episodes (every rank holds all of them) takes the general path
+        res = evaluate(net, list(test_sampler()), batch_episodes=2, context=ctx)
+        (out / f"eval_list_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
 
         agree = Trainer(model(), TrainConfig(steps=4, batch_episodes=BATCH, progress=False, val_every=1,
                                              time_limit=1e-9), model_config=SMALL, context=ctx)

@@ -147,7 +147,7 @@ def test_two_ranks_evaluate_exactly_as_one_process(ranks, worker):
     from mmnet_plugin import MMNet
 
     one = worker.evaluate(MMNet.from_checkpoint(ranks / "ckpt.pt"), worker.test_sampler(), batch_episodes=2)
-    for res in _read(ranks, "eval_rank{r}.json"):
+    for res in _read(ranks, "eval_rank{r}.json") + _read(ranks, "eval_list_rank{r}.json"):
         assert res["per_episode"] == one.per_episode and len(one.per_episode) == 7
         assert res["accuracy"] == one.accuracy and res["ci95"] == one.ci95
         assert res["fingerprint"] == one.fingerprint and res["episodes"] == 7
@@ -262,3 +262,58 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):
     assert "a callable model must return class scores" in rank1["evaluate"]
     assert rank0["evaluate"].startswith("evaluation failed on rank 1: ValueError: the model returned scores")
     assert rank0["fit"] == rank1["fit"] and "checkpoint /proc/no/such/m.pt cannot be" in rank0["fit"]
+
+
+def test_drawing_without_reading_images_keeps_the_stream_and_fingerprint():
+    from mmnet_plugin import load_dataset
+    from mmnet_plugin.episodes import EpisodeSampler
+
+    data = load_dataset("glyphs", split="val")
+    loaded = []
+
+    class Counting:
+        targets = data.targets
+
+        def load(self, idx):
+            loaded.append(len(idx))
+            return data.load(idx)
+
+    def sampler(source, episodes=None):
+        return EpisodeSampler(source, ways=(2, 5), shots=(1, 3), queries=2, seed=7, episodes=episodes)
+
+    full, part = sampler(data), sampler(Counting())
+    every = full.sample_batch(5)
+    mine = part.sample_batch(5, keep=[1, 3])
+    assert len(loaded) == 2 and [e.fingerprint_bytes() for e in mine] == [every[1].fingerprint_bytes(),
+                                                                         every[3].fingerprint_bytes()]
+    assert torch.equal(mine[0].query_x, every[1].query_x)
+    assert part.state_dict() == full.state_dict()  # same stream position and fingerprint
+    assert part.sample().fingerprint_bytes() == full.sample().fingerprint_bytes()
+    # a finite pass, rank 1 of 3
+    a, b = sampler(data, episodes=7), sampler(Counting(), episodes=7)
+    plain = list(a)
+    loaded.clear()
+    shard = list(b.iter_shard(1, 3))
+    assert len(shard) == 7 and [i for i, (ep, _) in enumerate(shard) if ep is not None] == [1, 4]
+    assert len(loaded) == 2 and [fb for _, fb in shard] == [e.fingerprint_bytes() for e in plain]
+    assert b.fingerprint == a.fingerprint and b.drawn == a.drawn == 7
+    with pytest.raises(ValueError, match="rank 3 is outside 0..2"):
+        next(b.iter_shard(3, 3))
+
+
+def test_distributed_step_script_times_one_process_and_two_ranks(tmp_path):
+    out = tmp_path / "step.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "distributed_step.py"),
+                           "--modes", "single1,ranks2-syncbn", "--ways", "3", "--queries", "1",
+                           "--batch-episodes", "3", "--steps", "2", "--warmup", "0", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ranks = json.loads(out.read_text())["records"]
+    assert (single["processes"], single["threads_per_process"]) == (1, 1)
+    assert (ranks["processes"], ranks["sync_bn"], ranks["backend"]) == (2, True, "gloo")
+    assert len(single["seconds_per_step"]) == len(ranks["seconds_per_step"]) == 2
+    # the same model and episodes: with sync-bn the 2 ranks compute one process's first loss (to
+    # float32 rounding; after an Adam step, which moves tiny gradients by a whole lr, they drift apart)
+    assert ranks["losses"][0] == pytest.approx(single["losses"][0], rel=1e-4)
+    assert "s/step" in proc.stdout and "device record" in proc.stdout
