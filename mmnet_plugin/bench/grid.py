@@ -179,7 +179,7 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
               f"{torch.get_num_threads()} threads)")
         print(f"methods: {', '.join(f'{m} [{recipes[m]}]' for m in args.methods)}; validation: "
               f"{'on ' + str(validation['episodes']) + ' val episodes' if validation['enabled'] else 'none'}; "
-              f"code {code['commit'] or 'not in git'}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
+              f"code {code['commit'] or ('not in git' if code.get('source') == 'checkout' else 'installed, no git commit')}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
               f"results in {output}/")
         if store.records:
             print(f"resuming: {len(store.records)} finished result(s) of this configuration and code found")
@@ -189,13 +189,13 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
         if store.stale:
             print(f"note: {store.stale} result(s) in {output}/records from another configuration "
                   "(data set, budget, queries, seed or device) are kept there but not reused")
-        if (args.dataset == "glyphs" and hasattr(test_ds, "materialize")
-                and opts["test_episodes"] * max(w for w, _ in settings) >= len(test_ds.class_names)):
-            # the test episodes will touch most test classes: generate the embedded images up
-            # front, so the first method's test time and memory do not pay for them (the first
-            # method's training pays for generating the training images it is first to touch:
-            # about 0.5 s per 1000 classes on 2 cores)
-            test_ds.materialize()
+    if (args.dataset == "glyphs" and hasattr(test_ds, "materialize")
+            and opts["test_episodes"] * max(w for w, _ in settings) >= len(test_ds.class_names)):
+        # the test episodes will touch most test classes: generate the embedded images up
+        # front, so the first method's test time and memory do not pay for them (the first
+        # method's training pays for generating the training images it is first to touch:
+        # about 0.5 s per 1000 classes on 2 cores)
+        test_ds.materialize()
 
     init_seed = run["seeds"]["init"]
     interrupted = False
