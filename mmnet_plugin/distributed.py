@@ -9,6 +9,11 @@ variables, or with ``WORLD_SIZE=1``, it returns a single-process context and lea
 :func:`shard` gives all indices, :func:`gather_objects` returns ``[obj]``, :func:`barrier` does
 nothing.
 
+:func:`convert_sync_batchnorm` makes batch norm use the statistics of all ranks' images
+(``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlooSyncBatchNorm` on the CPU, where torch's does not
+run); :class:`~mmnet_plugin.training.Trainer` and :func:`~mmnet_plugin.evaluation.evaluate` take
+the context and do the rest.
+
 Nothing here prints or keeps state of its own; the only global state is torch.distributed's
 process group. Importing the module imports torch only.
 """

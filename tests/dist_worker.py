@@ -32,13 +32,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmnet_plugin import MMNet, cli, load_dataset  # noqa: E402
-from mmnet_plugin.distributed import destroy_distributed, init_distributed  # noqa: E402
-from mmnet_plugin.episodes import EpisodeSampler  # noqa: E402
-from mmnet_plugin.evaluation import evaluate  # noqa: E402
-from mmnet_plugin.training import TrainConfig, Trainer  # noqa: E402
+from mmnet_plugin import MMNet, cli, load_dataset
+from mmnet_plugin.distributed import destroy_distributed, init_distributed
+from mmnet_plugin.episodes import EpisodeSampler
+from mmnet_plugin.evaluation import evaluate
+from mmnet_plugin.training import TrainConfig, Trainer
 
 SMALL = dict(dm=32, dr=32)
 BATCH = 5
@@ -56,7 +54,7 @@ def train_sampler() -> EpisodeSampler:
     return EpisodeSampler(load_dataset("glyphs", split="train"), ways=(2, 5), shots=(1, 2), queries=2, seed=3)
 
 
-def test_sampler() -> EpisodeSampler:
+def eval_sampler() -> EpisodeSampler:
     return EpisodeSampler(load_dataset("glyphs", split="test"), ways=5, shots=1, queries=3, seed=9, episodes=7)
 
 
@@ -85,10 +83,10 @@ def main(out: Path) -> None:
         (out / f"train_rank{ctx.rank}.json").write_text(json.dumps(
             {"fingerprint": sampler.fingerprint, "history": trainer.history, "step": trainer.step}))
         net = MMNet.from_checkpoint(out / "ckpt.pt")
-        res = evaluate(net, test_sampler(), batch_episodes=2, context=ctx)
+        res = evaluate(net, eval_sampler(), batch_episodes=2, context=ctx)
         (out / f"eval_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
         # a plain list of episodes (every rank holds all of them) takes the general path
-        res = evaluate(net, list(test_sampler()), batch_episodes=2, context=ctx)
+        res = evaluate(net, list(eval_sampler()), batch_episodes=2, context=ctx)
         (out / f"eval_list_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
 
         agree = Trainer(model(), TrainConfig(steps=4, batch_episodes=BATCH, progress=False, val_every=1,
@@ -104,7 +102,7 @@ def main(out: Path) -> None:
             return torch.zeros(len(qx), n_way + (1 if ctx.rank == 1 else 0))
 
         try:
-            evaluate(wrong_on_rank_1, test_sampler(), context=ctx)
+            evaluate(wrong_on_rank_1, eval_sampler(), context=ctx)
         except ValueError as exc:
             errors["evaluate"] = str(exc)
         try:  # rank 0 checks the paths it alone writes, for every rank

@@ -118,6 +118,11 @@ def ranks(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
+    # the ranks import the mmnet_plugin this process tests (a checkout or an installed wheel)
+    import mmnet_plugin
+
+    package_parent = str(Path(mmnet_plugin.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(HERE / "dist_worker.py"), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -146,7 +151,7 @@ def _read(out, name):
 def test_two_ranks_evaluate_exactly_as_one_process(ranks, worker):
     from mmnet_plugin import MMNet
 
-    one = worker.evaluate(MMNet.from_checkpoint(ranks / "ckpt.pt"), worker.test_sampler(), batch_episodes=2)
+    one = worker.evaluate(MMNet.from_checkpoint(ranks / "ckpt.pt"), worker.eval_sampler(), batch_episodes=2)
     for res in _read(ranks, "eval_rank{r}.json") + _read(ranks, "eval_list_rank{r}.json"):
         assert res["per_episode"] == one.per_episode and len(one.per_episode) == 7
         assert res["accuracy"] == one.accuracy and res["ci95"] == one.ci95
