@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 from .distributed import (SINGLE_PROCESS, DistributedContext, _collective_device, all_reduce_any, barrier,
-                          broadcast_object, convert_sync_batchnorm, shard)
+                          broadcast_object, convert_sync_batchnorm, gather_objects, shard)
 from .episodes import Episode, EpisodeSampler, require_episode
 
 __all__ = [
@@ -671,7 +671,20 @@ class Trainer:
 
         self._on_main(check_paths)
         if resume and cfg.checkpoint:
-            self.resume(cfg.checkpoint, source)
+            if ctx.enabled:  # every rank reads it; a failure on one is raised on all
+                failure = None
+                try:
+                    self.resume(cfg.checkpoint, source)
+                except CheckpointError as exc:
+                    failure = exc
+                failures = [(r, f) for r, f in enumerate(gather_objects(
+                    None if failure is None else str(failure), ctx)) if f is not None]
+                if failure is not None:
+                    raise failure
+                if failures:
+                    raise CheckpointError(f"rank {failures[0][0]} could not resume: {failures[0][1]}")
+            else:
+                self.resume(cfg.checkpoint, source)
         records: List[Dict[str, Any]] = []
         self.run_info = {"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
                          "bf16_autocast": self.autocast, "device": str(self.device),

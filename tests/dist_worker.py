@@ -15,7 +15,8 @@ The model is float64 (see :func:`model`). Files:
 * ``agree_rank<r>.json``: a run with a time limit that has passed at once and a validation
   whose value depends on the rank (the ranks must stop at the same step and use rank 0's value);
 * ``errors_rank<r>.json``: an evaluation whose model fails on rank 1 only, and a training
-  run whose checkpoint path cannot be written (checked by rank 0): every rank must raise;
+  run whose checkpoint path cannot be written (checked by rank 0), a resume that fails on rank 1
+  only: every rank must raise;
 * ``cli/``: ``mmnet train`` (2 steps) and ``mmnet evaluate`` through :func:`mmnet_plugin.cli.main`,
   their standard output per rank in ``cli_rank<r>.txt``.
 
@@ -110,6 +111,11 @@ def main(out: Path) -> None:
                                          checkpoint="/proc/no/such/m.pt"), context=ctx).fit(train_sampler())
         except ValueError as exc:
             errors["fit"] = str(exc)
+        try:  # only rank 1 cannot resume (another model configuration): both must raise
+            Trainer(model(), config(out, steps=3), model_config=SMALL if ctx.rank == 0 else {**SMALL, "dm": 99},
+                    context=ctx).fit(train_sampler(), resume=True)
+        except Exception as exc:
+            errors["resume"] = f"{type(exc).__name__}: {exc}"
         (out / f"errors_rank{ctx.rank}.json").write_text(json.dumps(errors))
 
         cli_out = out / "cli"

@@ -267,6 +267,8 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):
     assert "a callable model must return class scores" in rank1["evaluate"]
     assert rank0["evaluate"].startswith("evaluation failed on rank 1: ValueError: the model returned scores")
     assert rank0["fit"] == rank1["fit"] and "checkpoint /proc/no/such/m.pt cannot be" in rank0["fit"]
+    assert rank1["resume"].startswith("CheckpointError: the checkpoint's model configuration")
+    assert rank0["resume"].startswith("CheckpointError: rank 1 could not resume: the checkpoint's model")
 
 
 def test_drawing_without_reading_images_keeps_the_stream_and_fingerprint():
