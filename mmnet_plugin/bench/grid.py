@@ -295,9 +295,10 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
             for part in gathered[1:]:  # rank 0's own records are in the store already
                 for rec in part["records"]:
                     store.add(rec)
-            ran = [r for part in gathered for r in part["ran"]]
+            # the timing is rank 0's: its own jobs against its own wall time (other ranks ran theirs
+            # at the same time, so sums over ranks would not compare with one wall clock)
             interrupted = any(part["interrupted"] for part in gathered)
-            code = _finish(output, run, store, ran, t_start, imports_s, interrupted)
+            code = _finish(output, run, store, ran, t_start, imports_s, interrupted, world=world)
         else:
             code = 0
         return int(broadcast_object(code if main_rank else None, ctx))
@@ -305,10 +306,14 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
 
 
 def _finish(output: Path, run: Dict[str, Any], store: ResultStore, ran: List[Dict[str, Any]], t_start: float,
-            imports_s: float, interrupted: bool) -> int:
-    """Write the summaries and plots, print the leaderboard and the checks; the exit status."""
+            imports_s: float, interrupted: bool, world: int = 1) -> int:
+    """Write the summaries and plots, print the leaderboard and the checks; the exit status.
+
+    ``ran``: the jobs this process ran (under several ranks, rank 0's), for the timing."""
     records, checks = write_summaries(output, run, store, plot=True)
     run["timing"] = _timing(ran, time.perf_counter() - t_start, imports_s)
+    if world > 1:
+        run["timing"]["note"] += f"; rank 0 of {world} ranks, which ran their own jobs at the same time"
     records, checks = write_summaries(output, run, store)  # with the timing (plots are up to date)
     print()
     print(leaderboard_text(records))
@@ -319,7 +324,7 @@ def _finish(output: Path, run: Dict[str, Any], store: ResultStore, ran: List[Dic
               + (f" at episode {c['train_compared_at_episodes']}" if c.get("train_compared_at_episodes") else "")
               + f" ({'agrees across shared-stream methods' if c['train_fingerprints_agree'] else 'ERROR: DIFFERS'})")
     t = run["timing"]
-    print(f"harness overhead: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s ({100 * t['harness_share']:.2f}%; "
+    print(f"harness overhead{' (rank 0)' if world > 1 else ''}: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s ({100 * t['harness_share']:.2f}%; "
           f"training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, testing {t['test_s']:.1f} s, "
           f"library imports {t['imports_s']:.1f} s)")
     print(f"written: {output}/results.json, results.csv, leaderboard.md, accuracy.png"
