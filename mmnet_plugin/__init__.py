@@ -6,9 +6,12 @@ The public surface:
 - :class:`Episode`, the episode contract every adapter produces, and
   :class:`EpisodeSampler`, the seeded sampler with episode fingerprints;
 - :func:`load_dataset` (``glyphs``, ``omniglot``, ``miniimagenet``);
-- :class:`Trainer` / :class:`TrainConfig` and :func:`evaluate`.
+- :class:`Trainer` / :class:`TrainConfig` and :func:`evaluate` (several processes under
+  ``torchrun``: give them the context of :func:`init_distributed`, from
+  :mod:`mmnet_plugin.distributed`).
 
-Framework adapters live in :mod:`mmnet_plugin.integrations` and are imported only when used.
+Framework adapters live in :mod:`mmnet_plugin.integrations` and the benchmark harness in
+:mod:`mmnet_plugin.bench` (``mmnet bench``); both are imported only when used.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "Trainer",
     "evaluate",
     "fingerprint_episodes",
+    "init_distributed",
     "load_dataset",
     "parse_range",
     "__version__",
@@ -40,6 +44,7 @@ _LAZY = {
     "evaluate": ("evaluation", "evaluate"),
     "EvaluationResult": ("evaluation", "EvaluationResult"),
     "load_dataset": ("data", "load_dataset"),
+    "init_distributed": ("distributed", "init_distributed"),
 }
 
 

@@ -21,21 +21,9 @@ __all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "atom
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``, so a reader
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``, so a reader
     (or an interrupted run) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Union[str, Path], obj: Any) -> None:

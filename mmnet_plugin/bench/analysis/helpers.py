@@ -7,8 +7,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
@@ -17,6 +15,8 @@ import numpy as np
 import torch
 
 from mmnet_plugin.episodes import IntOrRange
+
+from ..files import atomic_write_bytes, atomic_write_text
 
 PARTS = ("strategy", "dr", "tsne", "similarity", "ablations")
 PIPELINE_CHECK_EPISODES = 1000  # below this many training episodes per model, the report says "not evidence"
@@ -27,22 +27,9 @@ Setting = Tuple[int, int]
 
 
 # ---------------------------------------------------------------------------- small helpers
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+# the harness's atomic writes (temporary file in the same folder, fsync, os.replace)
+_atomic_write_bytes = atomic_write_bytes
+_atomic_write_text = atomic_write_text
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
