@@ -1,6 +1,6 @@
 """Accuracy over test episodes, with the 95% confidence interval of the field.
 
-The protocol (DESIGN.md): N-way K-shot test episodes of classes never seen in training,
+The protocol: N-way K-shot test episodes of classes never seen in training,
 15 queries per class by default, mean accuracy over the episodes and the interval
 ``1.96 * std / sqrt(episodes)`` (population std over the per-episode accuracies).
 

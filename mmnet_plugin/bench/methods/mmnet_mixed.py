@@ -1,8 +1,8 @@
 """MM-Net trained once with the mixed strategy (paper section 3.5) and tested on every setting.
 
 Every training episode draws its own C and k: C in 2..20 and k in 1..5 on Omniglot and on
-``glyphs`` (its Omniglot-like stand-in), C in 2..5 and k in 1..5 on miniImageNet (DESIGN.md,
-the paper's Table 3), widened to cover every requested setting. Its training stream is its
+``glyphs`` (its Omniglot-like stand-in), C in 2..5 and k in 1..5 on miniImageNet (the
+paper's Table 3), widened to cover every requested setting. Its training stream is its
 own by design (same seed, same budget in episodes, other shapes), so the leaderboard labels
 it and leaves it out of the training-fingerprint check. This is the paper's headline
 "MM-Net"; :mod:`.mmnet` is the paper's MM-Net- (no mixed strategy).
