@@ -1,6 +1,6 @@
 """Seconds of an 8-episode 5w1s MM-Net training step per query-branch form (one thread, best of 3, 3 rounds).
 Run from the repository root: python benchmarks/results/cpu-2026-12-03/measurements/step_time.py"""
-import time, torch
+import os, time, torch
 from mmnet_plugin import load_dataset, EpisodeSampler, MMNet
 from mmnet_plugin.runtime import tune_cpu_allocator
 tune_cpu_allocator(); torch.set_num_threads(1)
