@@ -248,22 +248,22 @@ def barrier(ctx: DistributedContext) -> None:
             torch.distributed.barrier()
 
 
-def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
-    """The sum of ``value`` over ranks (float64), the same on every rank."""
+def _all_reduce(value: float, ctx: DistributedContext, op: Any) -> float:
     if not ctx.enabled:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device(ctx))
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    torch.distributed.all_reduce(t, op=op)
     return float(t.item())
+
+
+def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
+    """The sum of ``value`` over ranks (float64), the same on every rank."""
+    return _all_reduce(value, ctx, torch.distributed.ReduceOp.SUM if ctx.enabled else None)
 
 
 def all_reduce_max(value: float, ctx: DistributedContext) -> float:
     """The largest ``value`` over ranks (float64), the same on every rank."""
-    if not ctx.enabled:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device(ctx))
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t.item())
+    return _all_reduce(value, ctx, torch.distributed.ReduceOp.MAX if ctx.enabled else None)
 
 
 def all_reduce_any(flag: bool, ctx: DistributedContext) -> bool:
