@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -150,37 +150,15 @@ def _load(args: argparse.Namespace, split: str) -> Any:
     return load_dataset(args.dataset, split=split, data_root=args.data_root)
 
 
-def _join(device: torch.device) -> Any:
-    """The distributed context under torchrun (and this rank's device), else one process.
+def _run(body: Callable[[argparse.Namespace, torch.device, Any], int], args: argparse.Namespace) -> int:
+    """``body(args, device, context)`` inside torchrun's process group (or in one process)."""
+    from .distributed import distributed_session
 
-    Returns:
-        ``(context, device, owned)``: ``owned`` when this call initialised the process group
-        (the caller leaves it at the end).
-    """
-    from .distributed import init_distributed
-
-    before = torch.distributed.is_available() and torch.distributed.is_initialized()
-    ctx = init_distributed(str(device))
-    return ctx, torch.device(ctx.resolve_device(str(device))), ctx.enabled and not before
+    with distributed_session(resolve_device(args.device)) as (ctx, device):
+        return body(args, device, ctx)
 
 
-def _leave(ctx: Any, owned: bool) -> None:
-    from .distributed import destroy_distributed
-
-    if owned:
-        destroy_distributed(ctx)
-
-
-def _train(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    ctx, device, owned = _join(device)
-    try:
-        return _train_in(args, device, ctx)
-    finally:
-        _leave(ctx, owned)
-
-
-def _train_in(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
+def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
     from .training import TrainConfig, Trainer, check_bf16, check_writable
@@ -283,16 +261,7 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
             "<checkpoint>.best.pt) measure fit, not few-shot generalisation; train on train to validate on val")
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    ctx, device, owned = _join(device)
-    try:
-        return _evaluate_in(args, device, ctx)
-    finally:
-        _leave(ctx, owned)
-
-
-def _evaluate_in(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
+def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
     from .models import MMNet
@@ -336,9 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_cpu_allocator()
     try:
-        if args.command == "train":
-            return _train(args)
-        return _evaluate(args)
+        return _run(_train if args.command == "train" else _evaluate, args)
     except (ValueError, DataNotFoundError, CheckpointError, FloatingPointError) as exc:
         print(f"mmnet{_rank_tag()}: error: {exc}", file=sys.stderr)
         return 2

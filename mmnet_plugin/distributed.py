@@ -21,8 +21,9 @@ process group. Importing the module imports torch only.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -31,6 +32,7 @@ __all__ = [
     "SINGLE_PROCESS",
     "init_distributed",
     "destroy_distributed",
+    "distributed_session",
     "shard",
     "shard_sizes",
     "gather_objects",
@@ -183,6 +185,30 @@ def destroy_distributed(ctx: DistributedContext) -> None:
     """Leave the process group (a no-op in one process or when none is initialised)."""
     if ctx.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def distributed_session(device: Any) -> Iterator[Tuple[DistributedContext, torch.device]]:
+    """Join torchrun's process group for a block (or stay one process), and leave it after.
+
+    Args:
+        device: the training device asked for (``cpu``, ``cuda``, ``cuda:N``).
+
+    Yields:
+        ``(context, device)``: the :func:`init_distributed` context and this rank's device
+        (:meth:`DistributedContext.resolve_device`). The group is destroyed at the end only when
+        this call initialised it.
+
+    Raises:
+        ValueError: as :func:`init_distributed`, on entering.
+    """
+    before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    ctx = init_distributed(str(device))
+    try:
+        yield ctx, torch.device(ctx.resolve_device(str(device)))
+    finally:
+        if ctx.enabled and not before:
+            destroy_distributed(ctx)
 
 
 def shard(n: int, ctx: DistributedContext) -> range:

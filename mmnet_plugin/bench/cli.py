@@ -47,6 +47,7 @@ run), :mod:`.jobs` and :mod:`.train` (one cell), :mod:`.store` (records, resume)
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -147,40 +148,25 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
 
     from .grid import run_grid
 
-    try:
-        ctx, device, owned = _join(device)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    tune_cpu_allocator()
-    threads_before = torch.get_num_threads()
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        elif ctx.enabled and device.type == "cpu":
-            torch.set_num_threads(1)  # the ranks share the cores
-        return run_grid(args, given, output, device, opts, recipes, t_start, ctx=ctx, tensorboard=tensorboard,
-                        record_extra=record_extra)
-    finally:
-        torch.set_num_threads(threads_before)
-        if owned:
-            from mmnet_plugin.distributed import destroy_distributed
+    from mmnet_plugin.distributed import distributed_session
 
-            destroy_distributed(ctx)
-
-
-def _join(device: torch.device) -> Any:
-    """The distributed context under torchrun (and this rank's device), else one process.
-
-    Returns:
-        ``(context, device, owned)``: ``owned`` when this call initialised the process group.
-    """
-    from mmnet_plugin.distributed import init_distributed
-
-    dist = torch.distributed
-    before = dist.is_available() and dist.is_initialized()
-    ctx = init_distributed(str(device))
-    return ctx, torch.device(ctx.resolve_device(str(device))), ctx.enabled and not before
+    with contextlib.ExitStack() as stack:
+        try:
+            ctx, device = stack.enter_context(distributed_session(device))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        tune_cpu_allocator()
+        threads_before = torch.get_num_threads()
+        try:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            elif ctx.enabled and device.type == "cpu":
+                torch.set_num_threads(1)  # the ranks share the cores
+            return run_grid(args, given, output, device, opts, recipes, t_start, ctx=ctx, tensorboard=tensorboard,
+                            record_extra=record_extra)
+        finally:
+            torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":  # pragma: no cover
