@@ -152,7 +152,9 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     }
     if world > 1:
         run["distributed"] = {"world_size": world, "backend": ctx.backend,
-                              "cells": "cell i of the grid (settings, then methods) on rank i % world_size"}
+                              "cells": "cell i of the grid (settings, then methods) on rank i % world_size; a "
+                                       "method trained once (mmnet-mixed) on rank (its index in methods) % "
+                                       "world_size in every setting"}
     run["config_key"] = config_key(
         {k: run[k] for k in ("dataset", "train_split", "val_split", "test_split", "image_size", "train_episodes",
                              "budget_seconds", "min_steps", "test_episodes", "queries", "seed", "data_digests")}
@@ -224,11 +226,13 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
             tag = f" [{setting}, rank {rank}]" if world > 1 else ""
             if main_rank:
                 print(f"\n== {setting}: training stream seed {seeds['train']}, test stream seed {seeds['test']}")
-            for name in args.methods:
+            for m_index, name in enumerate(args.methods):
                 cell += 1
-                if cell % world != rank:
-                    continue  # another rank's cell
                 cls = METHODS[name]
+                # a method trained once (mmnet-mixed) keeps all its settings on one rank, which
+                # trains it once and reuses its checkpoint, as one process does
+                if (m_index if cls.trained_once else cell) % world != rank:
+                    continue  # another rank's cell
                 if cls.trained_once:
                     mctx = MethodContext(args.dataset, mixed_w[1], mixed_k[1], in_channels, image_size, device,
                                          opts["train_episodes"])

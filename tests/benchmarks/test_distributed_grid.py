@@ -1,6 +1,7 @@
 """``torchrun --nproc-per-node 2 -m mmnet_plugin bench``: the grid's (method, setting) cells
 spread over two gloo ranks on the CPU (cell i on rank i % 2), rank 0 merging the records into
-the same results files as one process: the same accuracies, fingerprints and keys."""
+the same results files as one process: the same accuracies, fingerprints and keys; a method
+trained once (mmnet-mixed) keeps its settings on one rank and is trained once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mmnet_plugin.bench import cli as harness
 
 pytest.importorskip("easyfsl")
 
-ARGS = ["--dataset", "glyphs", "--settings", "5w1s,5w2s", "--methods", "mmnet,protonet", "--train-episodes", "6",
+ARGS = ["--dataset", "glyphs", "--settings", "5w1s,5w2s", "--methods", "mmnet,protonet,mmnet-mixed", "--train-episodes", "6",
         "--test-episodes", "5", "--queries", "2", "--device", "cpu", "--seed", "2", "--threads", "1", "--no-progress"]
 
 #: what may differ between the two runs: timings, memory, load, rank, where the checkpoint came from
@@ -47,9 +48,14 @@ def test_two_ranks_give_the_records_of_one_process(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     a, ra = _records(one)
     b, rb = _records(two)
-    assert set(a) == set(b) and len(a) == 4
+    assert set(a) == set(b) and len(a) == 6
     assert {r["rank"] for r in b.values()} == {0, 1}  # both ranks ran cells
     assert b[("mmnet", "5w1s")]["rank"] == 0 and b[("protonet", "5w1s")]["rank"] == 1  # cell i on rank i % 2
+    assert b[("mmnet", "5w2s")]["rank"] == 1 and b[("protonet", "5w2s")]["rank"] == 0
+    # the mixed model (trained once) stays on one rank, which trains it once and reuses it
+    assert b[("mmnet-mixed", "5w1s")]["rank"] == b[("mmnet-mixed", "5w2s")]["rank"]
+    assert "train_reused_from" not in b[("mmnet-mixed", "5w1s")]
+    assert b[("mmnet-mixed", "5w2s")].get("train_reused_from")
     for cell, rec in a.items():
         other = b[cell]
         assert rec["accuracy"] == other["accuracy"] and rec["ci95"] == other["ci95"], cell
