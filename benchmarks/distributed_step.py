@@ -49,8 +49,13 @@ def device_record(device: str) -> Dict[str, Any]:
 
     from mmnet_plugin.runtime import cpu_allocator_state
 
-    info: Dict[str, Any] = {"device": device, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                            "platform": platform.platform(), "python": platform.python_version()}
+    info: Dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     get_capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
     info["cpu_capability"] = get_capability() if callable(get_capability) else None
     info["cpu_allocator"] = cpu_allocator_state()
@@ -80,8 +85,8 @@ def _parse_modes(text: str) -> List[Dict[str, Any]]:
         sync = item.endswith("-syncbn")
         base = item[: -len("-syncbn")] if sync else item
         for prefix, kind in (("single", "single"), ("ranks", "ranks")):
-            if base.startswith(prefix) and base[len(prefix):].isdigit() and int(base[len(prefix):]) >= 1:
-                n = int(base[len(prefix):])
+            if base.startswith(prefix) and base[len(prefix) :].isdigit() and int(base[len(prefix) :]) >= 1:
+                n = int(base[len(prefix) :])
                 if kind == "single" and sync:
                     raise ValueError(f"mode {item!r}: --sync-bn needs several ranks (ranks<N>-syncbn)")
                 modes.append({"name": item, "kind": kind, "n": n, "sync_bn": sync})
@@ -110,12 +115,23 @@ def _worker(args: argparse.Namespace) -> None:
     try:
         data = load_dataset(args.dataset, split="train", data_root=args.data_root)
         channels, size = (int(v) for v in data.load([0]).shape[1:3])
-        config = {"in_channels": channels, "image_size": size, "dm": 512, "dr": 512, "memory_slots": None,
-                  "similarity_scale": 0.125, "decision": "nearest", "query_branch": "residual"}
+        config = {
+            "in_channels": channels,
+            "image_size": size,
+            "dm": 512,
+            "dr": 512,
+            "memory_slots": None,
+            "similarity_scale": 0.125,
+            "decision": "nearest",
+            "query_branch": "residual",
+        }
         model = build_model(config, seed=args.seed)
-        trainer = Trainer(model, TrainConfig(batch_episodes=args.batch_episodes, device=args.device,
-                                             progress=False, sync_bn=args.sync_bn),
-                          model_config=config, context=ctx)
+        trainer = Trainer(
+            model,
+            TrainConfig(batch_episodes=args.batch_episodes, device=args.device, progress=False, sync_bn=args.sync_bn),
+            model_config=config,
+            context=ctx,
+        )
         sampler = EpisodeSampler(data, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
         draws, steps, losses = [], [], []
         cuda = trainer.device.type == "cuda"
@@ -133,15 +149,26 @@ def _worker(args: argparse.Namespace) -> None:
             draws.append(all_reduce_max(t1 - t0, ctx))
             steps.append(all_reduce_max(t2 - t0, ctx))
             losses.append(loss)
-        timed = steps[args.warmup:]
+        timed = steps[args.warmup :]
         record = {
-            "mode": args.mode_name, "processes": ctx.world_size, "threads_per_process": args.threads,
-            "sync_bn": bool(args.sync_bn), "backend": ctx.backend,
-            "seconds_per_step_median": statistics.median(timed), "seconds_per_step": timed,
-            "draw_seconds_median": statistics.median(draws[args.warmup:]),
-            "warmup_steps": args.warmup, "losses": losses,
-            "episodes": {"batch": args.batch_episodes, "ways": args.ways, "shots": args.shots,
-                         "queries": args.queries, "dataset": args.dataset, "seed": args.seed},
+            "mode": args.mode_name,
+            "processes": ctx.world_size,
+            "threads_per_process": args.threads,
+            "sync_bn": bool(args.sync_bn),
+            "backend": ctx.backend,
+            "seconds_per_step_median": statistics.median(timed),
+            "seconds_per_step": timed,
+            "draw_seconds_median": statistics.median(draws[args.warmup :]),
+            "warmup_steps": args.warmup,
+            "losses": losses,
+            "episodes": {
+                "batch": args.batch_episodes,
+                "ways": args.ways,
+                "shots": args.shots,
+                "queries": args.queries,
+                "dataset": args.dataset,
+                "seed": args.seed,
+            },
             "device_record": device_record(str(trainer.device)),
         }
         if ctx.is_main:
@@ -153,10 +180,31 @@ def _worker(args: argparse.Namespace) -> None:
 def _run_mode(mode: Dict[str, Any], args: argparse.Namespace, record: Path) -> Dict[str, Any]:
     """Launch one mode in fresh processes and read its record."""
     script = str(Path(__file__).resolve())
-    common = ["--worker", "--record", str(record), "--mode-name", mode["name"], "--dataset", args.dataset,
-              "--ways", str(args.ways), "--shots", str(args.shots), "--queries", str(args.queries),
-              "--batch-episodes", str(args.batch_episodes), "--steps", str(args.steps),
-              "--warmup", str(args.warmup), "--seed", str(args.seed), "--device", args.device]
+    common = [
+        "--worker",
+        "--record",
+        str(record),
+        "--mode-name",
+        mode["name"],
+        "--dataset",
+        args.dataset,
+        "--ways",
+        str(args.ways),
+        "--shots",
+        str(args.shots),
+        "--queries",
+        str(args.queries),
+        "--batch-episodes",
+        str(args.batch_episodes),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+    ]
     if args.data_root:
         common += ["--data-root", args.data_root]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -165,8 +213,18 @@ def _run_mode(mode: Dict[str, Any], args: argparse.Namespace, record: Path) -> D
         cmd = [sys.executable, script, *common, "--threads", str(threads)]
     else:
         threads = 1
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(mode["n"]),
-               script, *common, "--threads", "1"] + (["--sync-bn"] if mode["sync_bn"] else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(mode["n"]),
+            script,
+            *common,
+            "--threads",
+            "1",
+        ] + (["--sync-bn"] if mode["sync_bn"] else [])
     env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not record.is_file():
@@ -177,8 +235,11 @@ def _run_mode(mode: Dict[str, Any], args: argparse.Namespace, record: Path) -> D
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--modes", default="single2,ranks2,ranks2-syncbn",
-                   help="comma-separated single<T>, ranks<N>, ranks<N>-syncbn (default single2,ranks2,ranks2-syncbn)")
+    p.add_argument(
+        "--modes",
+        default="single2,ranks2,ranks2-syncbn",
+        help="comma-separated single<T>, ranks<N>, ranks<N>-syncbn (default single2,ranks2,ranks2-syncbn)",
+    )
     p.add_argument("--dataset", default="glyphs", help="glyphs (default, embedded) or omniglot")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $MMNET_DATA_ROOT)")
     p.add_argument("--ways", type=int, default=20)
@@ -213,7 +274,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--warmup must be 0 or more")
         for m in modes:
             if m["kind"] == "ranks" and args.batch_episodes < m["n"]:
-                raise ValueError(f"mode {m['name']}: --batch-episodes {args.batch_episodes} is fewer than {m['n']} ranks")
+                raise ValueError(
+                    f"mode {m['name']}: --batch-episodes {args.batch_episodes} is fewer than {m['n']} ranks"
+                )
     except ValueError as exc:
         print(f"distributed_step: error: {exc}", file=sys.stderr)
         return 2
@@ -223,13 +286,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec = _run_mode(mode, args, Path(tmp) / f"mode{i}.json")
             records.append(rec)
             losses = ", ".join(f"{v:.6f}" for v in rec["losses"][:3])
-            print(f"{rec['mode']:>16}: {rec['processes']} process(es) x {rec['threads_per_process']} thread(s)"
-                  f"{' sync-bn' if rec['sync_bn'] else ''}: {rec['seconds_per_step_median']:.3f} s/step "
-                  f"(median of {len(rec['seconds_per_step'])} after {rec['warmup_steps']} warm-up; "
-                  f"drawing the batch {rec['draw_seconds_median']:.3f} s); first losses {losses}", flush=True)
+            print(
+                f"{rec['mode']:>16}: {rec['processes']} process(es) x {rec['threads_per_process']} thread(s)"
+                f"{' sync-bn' if rec['sync_bn'] else ''}: {rec['seconds_per_step_median']:.3f} s/step "
+                f"(median of {len(rec['seconds_per_step'])} after {rec['warmup_steps']} warm-up; "
+                f"drawing the batch {rec['draw_seconds_median']:.3f} s); first losses {losses}",
+                flush=True,
+            )
     e = records[0]["episodes"]
-    print(f"batch: {e['batch']} episodes of {e['ways']}-way {e['shots']}-shot, {e['queries']} queries/class, "
-          f"{e['dataset']}, seed {e['seed']}")
+    print(
+        f"batch: {e['batch']} episodes of {e['ways']}-way {e['shots']}-shot, {e['queries']} queries/class, "
+        f"{e['dataset']}, seed {e['seed']}"
+    )
     print("device record: " + json.dumps(records[0]["device_record"]))
     if args.json:
         Path(args.json).write_text(json.dumps({"records": records}, indent=1))

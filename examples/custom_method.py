@@ -35,7 +35,7 @@ from mmnet_plugin import Episode
 def _scores(model: torch.nn.Module, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
     """Scaled cosine similarity of each query to each class centroid, ``[n_query, n_way]``."""
     z = F.normalize(model(torch.cat([sx, qx])), dim=1)
-    zs, zq = z[: len(sx)], z[len(sx):]
+    zs, zq = z[: len(sx)], z[len(sx) :]
     n_way = int(sy.max()) + 1
     centroids = torch.zeros(n_way, zs.shape[1], device=zs.device).index_add_(0, sy, zs)
     return 10.0 * zq @ F.normalize(centroids, dim=1).T
@@ -57,8 +57,9 @@ class CosineCentroids(Method):
     def train_step(self, batch: Sequence[Episode]) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = sum(F.cross_entropy(_scores(self.model, e.support_x, e.support_y, e.query_x), e.query_y)
-                   for e in batch) / len(batch)
+        loss = sum(
+            F.cross_entropy(_scores(self.model, e.support_x, e.support_y, e.query_x), e.query_y) for e in batch
+        ) / len(batch)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())

@@ -71,8 +71,10 @@ def main() -> None:
             print(f"step {step}/{args.steps}  loss {loss.item():.4f}")
 
     accuracy = evaluate(model, test_loader, device=args.device, use_tqdm=False)
-    print(f"test accuracy: {100 * accuracy:.2f}% "
-          f"({args.ways}-way {args.shots}-shot, {args.episodes} tasks, {args.queries} queries per class)")
+    print(
+        f"test accuracy: {100 * accuracy:.2f}% "
+        f"({args.ways}-way {args.shots}-shot, {args.episodes} tasks, {args.queries} queries per class)"
+    )
 
 
 if __name__ == "__main__":

@@ -60,10 +60,10 @@ def main() -> None:
     random.seed(args.seed)  # learn2learn samples tasks with Python's `random`
     torch.manual_seed(args.seed)
     kwargs = {"data_root": args.data_root} if args.dataset == "omniglot" else {}
-    train_tasks = make_taskset(load_dataset(args.dataset, split="train", **kwargs),
-                               args.ways, args.shots, args.queries)
-    test_tasks = make_taskset(load_dataset(args.dataset, split="test", **kwargs),
-                              args.ways, args.shots, args.queries, num_tasks=args.episodes)
+    train_tasks = make_taskset(load_dataset(args.dataset, split="train", **kwargs), args.ways, args.shots, args.queries)
+    test_tasks = make_taskset(
+        load_dataset(args.dataset, split="test", **kwargs), args.ways, args.shots, args.queries, num_tasks=args.episodes
+    )
 
     device = torch.device(args.device)
     model = MMNet(in_channels=1, image_size=28, shuffle_support=True).to(device)
@@ -71,8 +71,9 @@ def main() -> None:
 
     model.train()
     for step in range(1, args.steps + 1):
-        episodes = [episode_from_learn2learn(train_tasks.sample(), shots=args.shots).to(device)
-                    for _ in range(args.meta_batch)]
+        episodes = [
+            episode_from_learn2learn(train_tasks.sample(), shots=args.shots).to(device) for _ in range(args.meta_batch)
+        ]
         loss = model.loss(episodes)
         optimizer.zero_grad()
         loss.backward()
@@ -91,8 +92,10 @@ def main() -> None:
     mean = sum(accuracies) / len(accuracies)
     std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / len(accuracies))
     ci95 = 1.96 * std / math.sqrt(len(accuracies))
-    print(f"test accuracy: {100 * mean:.2f} +- {100 * ci95:.2f}% "
-          f"({args.ways}-way {args.shots}-shot, {len(accuracies)} tasks, {args.queries} queries per class)")
+    print(
+        f"test accuracy: {100 * mean:.2f} +- {100 * ci95:.2f}% "
+        f"({args.ways}-way {args.shots}-shot, {len(accuracies)} tasks, {args.queries} queries per class)"
+    )
 
 
 if __name__ == "__main__":

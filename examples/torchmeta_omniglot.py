@@ -94,8 +94,9 @@ def main() -> None:
             train_inputs, train_targets = batch["train"]
             test_inputs, test_targets = batch["test"]
             for task in range(train_inputs.size(0)):
-                scores = model(train_inputs[task].to(device), train_targets[task].to(device),
-                               test_inputs[task].to(device))
+                scores = model(
+                    train_inputs[task].to(device), train_targets[task].to(device), test_inputs[task].to(device)
+                )
                 predictions = scores.argmax(dim=-1)
                 accuracies.append(predictions.eq(test_targets[task].to(device)).float().mean().item())
             if len(accuracies) >= args.episodes:
@@ -103,8 +104,10 @@ def main() -> None:
     mean = sum(accuracies) / len(accuracies)
     std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / len(accuracies))
     ci95 = 1.96 * std / math.sqrt(len(accuracies))
-    print(f"test accuracy: {100 * mean:.2f} +- {100 * ci95:.2f}% "
-          f"({args.ways}-way {args.shots}-shot, {len(accuracies)} tasks, {args.queries} queries per class)")
+    print(
+        f"test accuracy: {100 * mean:.2f} +- {100 * ci95:.2f}% "
+        f"({args.ways}-way {args.shots}-shot, {len(accuracies)} tasks, {args.queries} queries per class)"
+    )
 
 
 if __name__ == "__main__":

@@ -131,12 +131,18 @@ def resolve_device(name: str) -> torch.device:
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_queries: int = 15) -> argparse.ArgumentParser:
     """Add ``--dataset --data-root --queries --seed --device`` to ``parser``."""
-    parser.add_argument("--dataset", choices=DATASETS, default="glyphs",
-                        help="data set (default: glyphs, embedded, needs no files)")
-    parser.add_argument("--data-root", default=None,
-                        help="folder holding omniglot/ and miniimagenet/ (default: $MMNET_DATA_ROOT)")
-    parser.add_argument("--queries", type=positive_int, default=default_queries,
-                        help=f"query images per class (default {default_queries})")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="glyphs", help="data set (default: glyphs, embedded, needs no files)"
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="folder holding omniglot/ and miniimagenet/ (default: $MMNET_DATA_ROOT)"
+    )
+    parser.add_argument(
+        "--queries",
+        type=positive_int,
+        default=default_queries,
+        help=f"query images per class (default {default_queries})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every sampler (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     return parser

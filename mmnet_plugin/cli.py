@@ -63,37 +63,58 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train MM-Net episodically")
     add_common_arguments(train)
     train.add_argument("--split", default="train", help="training split (default train; trainval for final runs)")
-    train.add_argument("--ways", type=ways_arg, default=5,
-                       help="C (at least 2) or a range such as 2-20 (mixed strategy)")
+    train.add_argument(
+        "--ways", type=ways_arg, default=5, help="C (at least 2) or a range such as 2-20 (mixed strategy)"
+    )
     train.add_argument("--shots", type=range_arg, default=1, help="k or a range such as 1-5 (mixed strategy)")
     train.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps (default 1000)")
     train.add_argument("--batch-episodes", type=positive_int, default=16, help="episodes per step (default 16)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    train.add_argument("--lr-schedule", choices=("step", "budget", "cosine"), default="step",
-                       help="step: halve every --lr-halve-every steps (the paper's, default); budget: halve "
-                            "every steps/4; cosine: anneal to 0 over --steps")
-    train.add_argument("--lr-halve-every", type=positive_int, default=20000,
-                       help="halve the lr every N steps (--lr-schedule step; default 20000)")
+    train.add_argument(
+        "--lr-schedule",
+        choices=("step", "budget", "cosine"),
+        default="step",
+        help="step: halve every --lr-halve-every steps (the paper's, default); budget: halve "
+        "every steps/4; cosine: anneal to 0 over --steps",
+    )
+    train.add_argument(
+        "--lr-halve-every",
+        type=positive_int,
+        default=20000,
+        help="halve the lr every N steps (--lr-schedule step; default 20000)",
+    )
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps on --val-split (0: never)")
     train.add_argument("--val-split", default="val", help="validation split (default val)")
     train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
     train.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    train.add_argument("--checkpoint-every", type=int, default=100,
-                       help="also write the checkpoint every N steps, so an interrupted run loses little "
-                            "(default 100; 0: only at the end)")
-    train.add_argument("--time-limit", type=float, default=0.0,
-                       help="stop after the step that passes this many seconds, writing the checkpoint; "
-                            "rerun with --resume to go on (default 0: no limit)")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="also write the checkpoint every N steps, so an interrupted run loses little "
+        "(default 100; 0: only at the end)",
+    )
+    train.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop after the step that passes this many seconds, writing the checkpoint; "
+        "rerun with --resume to go on (default 0: no limit)",
+    )
     train.add_argument("--log", default=None, help="JSON-lines training log")
-    train.add_argument("--bf16", action="store_true",
-                       help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)")
+    train.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--sync-bn", action="store_true",
-                       help="under torchrun: batch norm uses the statistics of all ranks' images, so training "
-                            "equals one process on the whole batch (to float rounding); default: each rank "
-                            "normalises with its own share's statistics, which differ from one process's. "
-                            "No effect in one process")
+    train.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: batch norm uses the statistics of all ranks' images, so training "
+        "equals one process on the whole batch (to float rounding); default: each rank "
+        "normalises with its own share's statistics, which differ from one process's. "
+        "No effect in one process",
+    )
     _add_model_arguments(train)
 
     ev = sub.add_parser("evaluate", help="test a trained MM-Net on unseen classes")
@@ -102,13 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ways", type=range_arg, default=5, help="C (default 5)")
     ev.add_argument("--shots", type=range_arg, default=1, help="k (default 1)")
     ev.add_argument("--episodes", type=positive_int, default=1000, help="test episodes (default 1000)")
-    ev.add_argument("--batch-episodes", type=positive_int, default=25,
-                    help="test episodes scored in one batch (default 25; each is still scored on its own)")
+    ev.add_argument(
+        "--batch-episodes",
+        type=positive_int,
+        default=25,
+        help="test episodes scored in one batch (default 25; each is still scored on its own)",
+    )
     ev.add_argument("--checkpoint", required=True, help="checkpoint written by mmnet train")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     # listed for --help only: main() hands `mmnet bench ...` to the harness before parsing
-    sub.add_parser("bench", add_help=False, help="the benchmark harness: MM-Net beside MAML, ProtoNet and "
-                                                   "Matching Networks on the same episodes (mmnet bench --help)")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="the benchmark harness: MM-Net beside MAML, ProtoNet and "
+        "Matching Networks on the same episodes (mmnet bench --help)",
+    )
     return parser
 
 
@@ -116,16 +145,28 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--dm", type=positive_int, default=512, help="memory key size Dm (default 512)")
     group.add_argument("--dr", type=positive_int, default=512, help="contextual learner hidden size Dr (default 512)")
-    group.add_argument("--memory-slots", type=positive_int, default=None,
-                       help="memory slots M (default: one per support item)")
-    group.add_argument("--similarity-scale", type=_scale, default=0.125,
-                       help="scale s of the dot-product similarities, or 'learned' "
-                            "(default 0.125; 1 is the paper's raw dot product)")
-    group.add_argument("--decision", choices=("nearest", "class_mass"), default="nearest",
-                       help="decision rule (default nearest, the paper's)")
-    group.add_argument("--query-branch", choices=("residual", "paper", "none"), default="residual",
-                       help="query branch f: residual (default: g0 plus a gated support-conditioned branch that "
-                            "starts closed), paper (the factorized block in place of Conv-4's fourth) or none (f = g0)")
+    group.add_argument(
+        "--memory-slots", type=positive_int, default=None, help="memory slots M (default: one per support item)"
+    )
+    group.add_argument(
+        "--similarity-scale",
+        type=_scale,
+        default=0.125,
+        help="scale s of the dot-product similarities, or 'learned' (default 0.125; 1 is the paper's raw dot product)",
+    )
+    group.add_argument(
+        "--decision",
+        choices=("nearest", "class_mass"),
+        default="nearest",
+        help="decision rule (default nearest, the paper's)",
+    )
+    group.add_argument(
+        "--query-branch",
+        choices=("residual", "paper", "none"),
+        default="residual",
+        help="query branch f: residual (default: g0 plus a gated support-conditioned branch that "
+        "starts closed), paper (the factorized block in place of Conv-4's fourth) or none (f = g0)",
+    )
 
 
 def build_model(model_config: Dict[str, Any], seed: int = 0) -> torch.nn.Module:
@@ -215,8 +256,9 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         w = min(w, len(set(val_set.targets.tolist())))
 
         def validate(m: torch.nn.Module) -> float:
-            eps = EpisodeSampler(val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1,
-                                 episodes=args.val_episodes)
+            eps = EpisodeSampler(
+                val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1, episodes=args.val_episodes
+            )
             return evaluate(m, eps, device=device, context=ctx).accuracy
 
     trainer.fit(sampler, validate=validate, resume=args.resume)
@@ -234,8 +276,10 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         saved += f"; {ctx.world_size} processes ({ctx.backend}{', sync-bn' if args.sync_bn else ''})"
     if not ctx.is_main:
         return 0
-    print(f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
-          f"training fingerprint {sampler.short_fingerprint}{saved}")
+    print(
+        f"trained {trainer.step} steps x {args.batch_episodes} episodes{tail}; "
+        f"training fingerprint {sampler.short_fingerprint}{saved}"
+    )
     return 0
 
 
@@ -247,8 +291,10 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
     else ``None``. Splits are the data sets' names: ``trainval`` holds ``train`` and ``val``."""
     t, v = train_split.strip().lower(), val_split.strip().lower()
     if v == "test":
-        return ("--val-split test: the best checkpoint (<checkpoint>.best.pt) would be chosen on the test split; "
-                "validate on val and keep test for the final figure")
+        return (
+            "--val-split test: the best checkpoint (<checkpoint>.best.pt) would be chosen on the test split; "
+            "validate on val and keep test for the final figure"
+        )
     if t == v:
         where = f"--val-split {val_split} is the training split"
     elif v in _INSIDE.get(t, ()):
@@ -257,8 +303,10 @@ def _split_overlap(train_split: str, val_split: str) -> Optional[str]:
         where = f"--val-split {val_split} contains --split {train_split}"
     else:
         return None
-    return (f"{where}: validation classes are training classes, so validation accuracy (and "
-            "<checkpoint>.best.pt) measure fit, not few-shot generalisation; train on train to validate on val")
+    return (
+        f"{where}: validation classes are training classes, so validation accuracy (and "
+        "<checkpoint>.best.pt) measure fit, not few-shot generalisation; train on train to validate on val"
+    )
 
 
 def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
@@ -268,10 +316,12 @@ def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
 
     model = MMNet.from_checkpoint(args.checkpoint, map_location=device)
     test_set = _load(args, args.split)
-    sampler = EpisodeSampler(test_set, ways=args.ways, shots=args.shots, queries=args.queries,
-                             seed=args.seed, episodes=args.episodes)
-    result = evaluate(model, sampler, device=device, progress=not args.no_progress,
-                      batch_episodes=args.batch_episodes, context=ctx)
+    sampler = EpisodeSampler(
+        test_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, episodes=args.episodes
+    )
+    result = evaluate(
+        model, sampler, device=device, progress=not args.no_progress, batch_episodes=args.batch_episodes, context=ctx
+    )
     if not ctx.is_main:
         return 0
     print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")

@@ -101,12 +101,15 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer; launch with torchrun, "
-                         f"which sets it, or unset it for one process") from None
+        raise ValueError(
+            f"environment variable {name}={raw!r} is not an integer; launch with torchrun, "
+            f"which sets it, or unset it for one process"
+        ) from None
 
 
-def init_distributed(device: Optional[str] = None, backend: Optional[str] = None,
-                     env: Optional[Mapping[str, str]] = None) -> DistributedContext:
+def init_distributed(
+    device: Optional[str] = None, backend: Optional[str] = None, env: Optional[Mapping[str, str]] = None
+) -> DistributedContext:
     """Join the process group torchrun set up, or describe a single process.
 
     Args:
@@ -162,15 +165,19 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
                 raise ValueError(f"{name} is not set (env:// initialisation needs it); launch with torchrun")
         used = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if used == "nccl" and not torch.cuda.is_available():
-        raise ValueError("the nccl backend needs a CUDA GPU and torch sees none; "
-                         "train on the CPU (--device cpu, gloo) or on a machine with GPUs")
+        raise ValueError(
+            "the nccl backend needs a CUDA GPU and torch sees none; "
+            "train on the CPU (--device cpu, gloo) or on a machine with GPUs"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device} was asked for but torch sees no CUDA GPU; use --device cpu")
         index = dev.index if dev.index is not None else local
         if index >= torch.cuda.device_count():
-            raise ValueError(f"rank {rank} needs CUDA device {index} but torch sees {torch.cuda.device_count()}; "
-                             "start at most as many processes per node as there are GPUs")
+            raise ValueError(
+                f"rank {rank} needs CUDA device {index} but torch sees {torch.cuda.device_count()}; "
+                "start at most as many processes per node as there are GPUs"
+            )
         torch.cuda.set_device(index)
     if not already:
         if used == "nccl" and not dist.is_nccl_available():
@@ -308,8 +315,17 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                mean: torch.Tensor, var: torch.Tensor, eps: float, count: float, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        eps: float,
+        count: float,
+        group: Any,
+    ) -> torch.Tensor:  # type: ignore[override]
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(input, weight, mean, invstd)
         ctx.count, ctx.group, ctx.has_bias = count, group, bias is not None
@@ -318,12 +334,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
         input, weight, mean, invstd = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last) if input.is_contiguous(
-            memory_format=torch.channels_last) and input.dim() == 4 else grad.contiguous()
+        grad = (
+            grad.contiguous(memory_format=torch.channels_last)
+            if input.is_contiguous(memory_format=torch.channels_last) and input.dim() == 4
+            else grad.contiguous()
+        )
         w = weight if weight is not None else torch.ones_like(mean)
         # this rank's sum(g * xhat) and sum(g) per channel, by torch's fused kernel
         _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
-            grad, input, w, None, None, mean, invstd, True, 0.0, [False, True, True])
+            grad, input, w, None, None, mean, invstd, True, 0.0, [False, True, True]
+        )
         sums = torch.cat([sum_g, sum_gx]).double()
         torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=ctx.group)
         c = mean.numel()
@@ -360,8 +380,15 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         process_group: the group to reduce over (default: the whole world).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group: Any = None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
 
@@ -372,8 +399,7 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: D401 - see class docstring
         dist = torch.distributed
         group = self.process_group
-        sync = (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size(group) > 1)
+        sync = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
         if not sync:
             return super().forward(input)
         group = group if group is not None else dist.group.WORLD
@@ -386,12 +412,13 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             # variance, in float64), then the mean and biased variance of all ranks' elements
             var_r, mean_r = torch.var_mean(input, dims, correction=0)
             mean_r, var_r = mean_r.double(), var_r.double()
-            stats = torch.cat([mean_r * n_local, (var_r + mean_r * mean_r) * n_local,
-                               mean_r.new_full((1,), float(n_local))])
+            stats = torch.cat(
+                [mean_r * n_local, (var_r + mean_r * mean_r) * n_local, mean_r.new_full((1,), float(n_local))]
+            )
             dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
             n = float(stats[-1])
             mean = stats[:c] / n
-            var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+            var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
             if self.track_running_stats and self.running_mean is not None:
                 self.num_batches_tracked.add_(1)
                 factor = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
@@ -399,12 +426,14 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
         dtype = input.dtype
-        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, mean.to(dtype), var.to(dtype),
-                                            self.eps, n, group)
+        return _SyncBatchNormFunction.apply(
+            input, self.weight, self.bias, mean.to(dtype), var.to(dtype), self.eps, n, group
+        )
 
 
-def convert_sync_batchnorm(module: torch.nn.Module, ctx: DistributedContext,
-                           device: Optional[str] = None) -> torch.nn.Module:
+def convert_sync_batchnorm(
+    module: torch.nn.Module, ctx: DistributedContext, device: Optional[str] = None
+) -> torch.nn.Module:
     """Make every batch-norm layer of ``module`` normalise with the statistics of all ranks.
 
     On CUDA with nccl: :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`. Elsewhere (the
@@ -433,8 +462,14 @@ def convert_sync_batchnorm(module: torch.nn.Module, ctx: DistributedContext,
 def _convert_gloo(module: torch.nn.Module, group: Any) -> torch.nn.Module:
     out = module
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
-        out = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, process_group=group)
+        out = GlooSyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group=group,
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight = module.weight

@@ -130,15 +130,13 @@ class Episode:
             raise ValueError("support set is empty: an episode needs at least one support image")
         if sx.shape[0] != sy.shape[0]:
             raise ValueError(
-                f"support_x has {sx.shape[0]} images but support_y has {sy.shape[0]} labels; "
-                "they must match one to one"
+                f"support_x has {sx.shape[0]} images but support_y has {sy.shape[0]} labels; they must match one to one"
             )
         if qx.shape[0] == 0:
             raise ValueError("query set is empty: an episode needs at least one query image")
         if qy is not None and qx.shape[0] != qy.shape[0]:
             raise ValueError(
-                f"query_x has {qx.shape[0]} images but query_y has {qy.shape[0]} labels; "
-                "they must match one to one"
+                f"query_x has {qx.shape[0]} images but query_y has {qy.shape[0]} labels; they must match one to one"
             )
         if sx.shape[1:] != qx.shape[1:]:
             raise ValueError(
@@ -159,17 +157,13 @@ class Episode:
             )
         if qy is not None and (int(qy.min()) < 0 or int(qy.max()) >= n_way):
             bad = int(qy.min()) if int(qy.min()) < 0 else int(qy.max())
-            raise ValueError(
-                f"query label {bad} is outside 0..{n_way - 1}, the labels of the support set"
-            )
+            raise ValueError(f"query label {bad} is outside 0..{n_way - 1}, the labels of the support set")
         if not torch.isfinite(sx).all():
             raise ValueError("support_x contains NaN or infinite values")
         if not torch.isfinite(qx).all():
             raise ValueError("query_x contains NaN or infinite values")
         if self.class_ids is not None and len(self.class_ids) != n_way:
-            raise ValueError(
-                f"class_ids has {len(self.class_ids)} entries but the episode has {n_way} classes"
-            )
+            raise ValueError(f"class_ids has {len(self.class_ids)} entries but the episode has {n_way} classes")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -189,14 +183,14 @@ class Episode:
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "Episode":
         """A copy of this episode on ``device`` (metadata is shared)."""
+
         def mv(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
         ep = object.__new__(Episode)
         ep.support_x, ep.support_y = mv(self.support_x), mv(self.support_y)
         ep.query_x, ep.query_y = mv(self.query_x), mv(self.query_y)
-        ep.class_ids, ep.support_indices, ep.query_indices = (
-            self.class_ids, self.support_indices, self.query_indices)
+        ep.class_ids, ep.support_indices, ep.query_indices = (self.class_ids, self.support_indices, self.query_indices)
         return ep
 
     def fingerprint_bytes(self) -> bytes:
@@ -399,7 +393,7 @@ class EpisodeSampler:
         order = np.argsort(targets, kind="stable")
         classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
         self._class_ids = classes
-        self._members = [order[s:s + c] for s, c in zip(starts, counts)]
+        self._members = [order[s : s + c] for s, c in zip(starts, counts)]
         w_lo, w_hi = _bounds(self.ways)
         k_lo, k_hi = _bounds(self.shots)
         need = k_hi + self.queries
@@ -453,7 +447,7 @@ class EpisodeSampler:
         episode = Episode(
             support_x=images[: len(sup_flat)],
             support_y=torch.from_numpy(sup_labels[sp]),
-            query_x=images[len(sup_flat):],
+            query_x=images[len(sup_flat) :],
             query_y=torch.from_numpy(qry_labels[qp]),
             class_ids=[int(v) for v in self._class_ids[picked]],
             support_indices=sup_flat.tolist(),

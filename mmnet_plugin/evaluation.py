@@ -77,11 +77,15 @@ def _as_predictor(model: Union[torch.nn.Module, Predictor]) -> Predictor:
     if callable(predict):
         return predict
     if callable(model):
+
         def predict_from_scores(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
             scores = model(sx, sy, qx)
             want = (int(qx.shape[0]), int(sy.max()) + 1)
-            got = f"scores of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else \
-                f"a {type(scores).__name__}"
+            got = (
+                f"scores of shape {tuple(scores.shape)}"
+                if isinstance(scores, torch.Tensor)
+                else f"a {type(scores).__name__}"
+            )
             if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != want:
                 raise ValueError(
                     f"the model returned {got} for an episode of {want[0]} queries and {want[1]} classes; "
@@ -221,16 +225,19 @@ def evaluate(
         if was_training:
             model.train()
     if ctx.enabled:
-        gathered = gather_objects((None if error is None else f"{type(error).__name__}: {error}",
-                                   mine, accs, elapsed, n_seen, fp), ctx)
+        gathered = gather_objects(
+            (None if error is None else f"{type(error).__name__}: {error}", mine, accs, elapsed, n_seen, fp), ctx
+        )
         if error is not None:
             raise error
         failed = [(r, g[0]) for r, g in enumerate(gathered) if g[0] is not None]
         if failed:
             raise ValueError(f"evaluation failed on rank {failed[0][0]}: {failed[0][1]}")
         if len({(g[4], g[5]) for g in gathered}) != 1:
-            raise ValueError(f"the ranks were given different episode streams (lengths {[g[4] for g in gathered]}, "
-                             "fingerprints differ); give every rank the same seeded sampler")
+            raise ValueError(
+                f"the ranks were given different episode streams (lengths {[g[4] for g in gathered]}, "
+                "fingerprints differ); give every rank the same seeded sampler"
+            )
         by_index = {i: a for g in gathered for i, a in zip(g[1], g[2])}
         accs = [by_index[i] for i in range(n_seen)]
         elapsed = float(sum(g[3] for g in gathered))

@@ -44,8 +44,17 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 
-from .distributed import (SINGLE_PROCESS, DistributedContext, _collective_device, all_reduce_any, barrier,
-                          broadcast_object, convert_sync_batchnorm, gather_objects, shard)
+from .distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    _collective_device,
+    all_reduce_any,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    gather_objects,
+    shard,
+)
 from .episodes import Episode, EpisodeSampler, require_episode
 
 __all__ = [
@@ -140,11 +149,13 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive; got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"TrainConfig.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; "
-                             f"got {self.lr_schedule!r}")
+            raise ValueError(
+                f"TrainConfig.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}"
+            )
         if not self.time_limit >= 0:
-            raise ValueError(f"TrainConfig.time_limit must be 0 (no limit) or a positive number of seconds; "
-                             f"got {self.time_limit}")
+            raise ValueError(
+                f"TrainConfig.time_limit must be 0 (no limit) or a positive number of seconds; got {self.time_limit}"
+            )
 
     def schedule(self) -> Dict[str, Any]:
         """The learning-rate schedule this configuration resolves to, as plain values.
@@ -167,8 +178,12 @@ def _saved_schedule(train_config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if isinstance(train_config.get("schedule"), dict):
         return dict(train_config["schedule"])
     try:
-        return {"name": "step", "lr": float(train_config["lr"]),
-                "halve_every": int(train_config.get("lr_halve_every", 20000)), "gamma": 0.5}
+        return {
+            "name": "step",
+            "lr": float(train_config["lr"]),
+            "halve_every": int(train_config.get("lr_halve_every", 20000)),
+            "gamma": 0.5,
+        }
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -254,8 +269,9 @@ def check_writable(path: PathLike, what: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be written: folder {folder} is not writable "
-                         f"({exc.strerror or exc}); {hint}") from None
+        raise ValueError(
+            f"{what} {path} cannot be written: folder {folder} is not writable ({exc.strerror or exc}); {hint}"
+        ) from None
     if path.exists():
         try:
             with open(path, "ab"):
@@ -336,8 +352,11 @@ class _LossStep(torch.nn.Module):
         with torch.autocast(device_type=self._device_type, dtype=torch.bfloat16, enabled=self._autocast):
             if hasattr(self.model, "loss_and_accuracy"):
                 loss, acc = self.model.loss_and_accuracy(batch)
-                acc = acc.detach().float().reshape(-1) if isinstance(acc, torch.Tensor) else \
-                    torch.full((len(batch),), float(acc))
+                acc = (
+                    acc.detach().float().reshape(-1)
+                    if isinstance(acc, torch.Tensor)
+                    else torch.full((len(batch),), float(acc))
+                )
             else:
                 loss, acc = self.model.loss(batch), None
         return loss.float(), acc
@@ -551,8 +570,10 @@ class Trainer:
                 return self._draw(iter(()), source)
             return self._draw(iter(source.sample, None), None)
         if not hasattr(source, "__next__"):
-            raise ValueError(f"Trainer.draw takes an EpisodeSampler or an iterator of episodes, "
-                             f"not a {type(source).__name__}; wrap it with iter()")
+            raise ValueError(
+                f"Trainer.draw takes an EpisodeSampler or an iterator of episodes, "
+                f"not a {type(source).__name__}; wrap it with iter()"
+            )
         return self._draw(source, None)
 
     def backward(self, batch: Sequence[Episode]) -> Tuple[float, float]:
@@ -579,8 +600,10 @@ class Trainer:
         n = batch.batch_size if isinstance(batch, _Share) else len(batch)
         if ctx.enabled:
             if n < ctx.world_size:
-                raise ValueError(f"a batch of {n} episodes cannot be shared by {ctx.world_size} processes; "
-                                 f"give at least {ctx.world_size}")
+                raise ValueError(
+                    f"a batch of {n} episodes cannot be shared by {ctx.world_size} processes; "
+                    f"give at least {ctx.world_size}"
+                )
             mine = list(shard(n, ctx))
             if not isinstance(batch, _Share):
                 batch = [batch[i] for i in mine]
@@ -601,8 +624,7 @@ class Trainer:
             train_loss = loss
         if not math.isfinite(loss_value):
             raise FloatingPointError(
-                f"loss became {loss_value} at step {self.step + 1}; lower the learning rate "
-                "or the similarity scale"
+                f"loss became {loss_value} at step {self.step + 1}; lower the learning rate or the similarity scale"
             )
         self.optimizer.zero_grad(set_to_none=True)
         if ctx.enabled:
@@ -677,8 +699,11 @@ class Trainer:
                     self.resume(cfg.checkpoint, source)
                 except CheckpointError as exc:
                     failure = exc
-                failures = [(r, f) for r, f in enumerate(gather_objects(
-                    None if failure is None else str(failure), ctx)) if f is not None]
+                failures = [
+                    (r, f)
+                    for r, f in enumerate(gather_objects(None if failure is None else str(failure), ctx))
+                    if f is not None
+                ]
                 if failure is not None:
                     raise failure
                 if failures:
@@ -686,9 +711,15 @@ class Trainer:
             else:
                 self.resume(cfg.checkpoint, source)
         records: List[Dict[str, Any]] = []
-        self.run_info = {"step": self.step, "start": True, "lr_schedule": dict(self.schedule),
-                         "bf16_autocast": self.autocast, "device": str(self.device),
-                         "steps": cfg.steps, "batch_episodes": cfg.batch_episodes}
+        self.run_info = {
+            "step": self.step,
+            "start": True,
+            "lr_schedule": dict(self.schedule),
+            "bf16_autocast": self.autocast,
+            "device": str(self.device),
+            "steps": cfg.steps,
+            "batch_episodes": cfg.batch_episodes,
+        }
         if ctx.enabled:
             self.run_info.update(world_size=ctx.world_size, sync_bn=bool(cfg.sync_bn), backend=ctx.backend)
         if self.step < cfg.steps:
@@ -733,8 +764,10 @@ class Trainer:
                 if validate is not None and cfg.val_every and self.step % cfg.val_every == 0:
                     self._validate(validate, records, source)
                     validated = True
-                if cfg.checkpoint and main and (
-                    validated or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                if (
+                    cfg.checkpoint
+                    and main
+                    and (validated or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
                 ):
                     self.save(cfg.checkpoint, source)
                 elapsed = time.perf_counter() - t_start

@@ -40,8 +40,7 @@ def data_root() -> Path:
     root = _candidate_data_root()
     if not root.is_dir():
         need_data(
-            f"real data not found at {root}: set MMNET_DATA_ROOT to the folder holding "
-            "omniglot/ and miniimagenet/"
+            f"real data not found at {root}: set MMNET_DATA_ROOT to the folder holding omniglot/ and miniimagenet/"
         )
     return root
 
@@ -64,8 +63,11 @@ def _isolated_cache_env(cache_dir: Path) -> Iterator[None]:
 def omniglot_root(data_root: Path) -> Path:
     """The real ``omniglot/`` folder (skips when its archives are absent)."""
     folder = data_root / "omniglot"
-    missing = [n for n in ("images_background", "images_evaluation")
-               if not (folder / f"{n}.zip").is_file() and not (folder / n).is_dir()]
+    missing = [
+        n
+        for n in ("images_background", "images_evaluation")
+        if not (folder / f"{n}.zip").is_file() and not (folder / n).is_dir()
+    ]
     if missing:
         need_data(f"Omniglot not found in {folder} (missing {', '.join(missing)})")
     return folder

@@ -60,16 +60,24 @@ def eval_sampler() -> EpisodeSampler:
 
 
 def gradients(sync_bn: bool, context=None) -> dict:
-    trainer = Trainer(model(), TrainConfig(batch_episodes=BATCH, progress=False, sync_bn=sync_bn),
-                      model_config=SMALL, context=context)
+    trainer = Trainer(
+        model(), TrainConfig(batch_episodes=BATCH, progress=False, sync_bn=sync_bn), model_config=SMALL, context=context
+    )
     loss, acc = trainer.backward(train_sampler().sample_batch(BATCH))
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     return {"loss": loss, "accuracy": acc, "grads": grads}
 
 
 def config(out: Path, steps: int, **kw) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_episodes=BATCH, progress=False, log_every=1,
-                       checkpoint=str(out / "ckpt.pt"), log_path=str(out / "log.jsonl"), **kw)
+    return TrainConfig(
+        steps=steps,
+        batch_episodes=BATCH,
+        progress=False,
+        log_every=1,
+        checkpoint=str(out / "ckpt.pt"),
+        log_path=str(out / "log.jsonl"),
+        **kw,
+    )
 
 
 def main(out: Path) -> None:
@@ -81,8 +89,9 @@ def main(out: Path) -> None:
         sampler = train_sampler()
         trainer = Trainer(model(), config(out, steps=2, sync_bn=True), model_config=SMALL, context=ctx)
         trainer.fit(sampler)
-        (out / f"train_rank{ctx.rank}.json").write_text(json.dumps(
-            {"fingerprint": sampler.fingerprint, "history": trainer.history, "step": trainer.step}))
+        (out / f"train_rank{ctx.rank}.json").write_text(
+            json.dumps({"fingerprint": sampler.fingerprint, "history": trainer.history, "step": trainer.step})
+        )
         net = MMNet.from_checkpoint(out / "ckpt.pt")
         res = evaluate(net, eval_sampler(), batch_episodes=2, context=ctx)
         (out / f"eval_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
@@ -90,11 +99,16 @@ def main(out: Path) -> None:
         res = evaluate(net, list(eval_sampler()), batch_episodes=2, context=ctx)
         (out / f"eval_list_rank{ctx.rank}.json").write_text(json.dumps(res.to_dict()))
 
-        agree = Trainer(model(), TrainConfig(steps=4, batch_episodes=BATCH, progress=False, val_every=1,
-                                             time_limit=1e-9), model_config=SMALL, context=ctx)
+        agree = Trainer(
+            model(),
+            TrainConfig(steps=4, batch_episodes=BATCH, progress=False, val_every=1, time_limit=1e-9),
+            model_config=SMALL,
+            context=ctx,
+        )
         agree.fit(train_sampler(), validate=lambda m: 0.25 + ctx.rank)
-        (out / f"agree_rank{ctx.rank}.json").write_text(json.dumps(
-            {"step": agree.step, "stopped": agree.stopped_early, "history": agree.history}))
+        (out / f"agree_rank{ctx.rank}.json").write_text(
+            json.dumps({"step": agree.step, "stopped": agree.stopped_early, "history": agree.history})
+        )
 
         errors = {}
 
@@ -107,13 +121,17 @@ def main(out: Path) -> None:
         except ValueError as exc:
             errors["evaluate"] = str(exc)
         try:  # rank 0 checks the paths it alone writes, for every rank
-            Trainer(model(), TrainConfig(steps=1, batch_episodes=BATCH, progress=False,
-                                         checkpoint="/proc/no/such/m.pt"), context=ctx).fit(train_sampler())
+            Trainer(
+                model(),
+                TrainConfig(steps=1, batch_episodes=BATCH, progress=False, checkpoint="/proc/no/such/m.pt"),
+                context=ctx,
+            ).fit(train_sampler())
         except ValueError as exc:
             errors["fit"] = str(exc)
         try:  # only rank 1 cannot resume (another model configuration): both must raise
-            Trainer(model(), config(out, steps=3), model_config=SMALL if ctx.rank == 0 else {**SMALL, "dm": 99},
-                    context=ctx).fit(train_sampler(), resume=True)
+            Trainer(
+                model(), config(out, steps=3), model_config=SMALL if ctx.rank == 0 else {**SMALL, "dm": 99}, context=ctx
+            ).fit(train_sampler(), resume=True)
         except Exception as exc:
             errors["resume"] = f"{type(exc).__name__}: {exc}"
         (out / f"errors_rank{ctx.rank}.json").write_text(json.dumps(errors))
@@ -122,11 +140,45 @@ def main(out: Path) -> None:
         common = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--seed", "5"]
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            rc_train = cli.main(["train", *common, "--ways", "3", "--shots", "1", "--steps", "2",
-                                 "--batch-episodes", "3", "--dm", "16", "--dr", "16", "--sync-bn",
-                                 "--checkpoint", str(cli_out / "m.pt"), "--log", str(cli_out / "log.jsonl")])
-            rc_eval = cli.main(["evaluate", *common, "--ways", "3", "--shots", "1", "--episodes", "5",
-                                "--batch-episodes", "2", "--checkpoint", str(cli_out / "m.pt")])
+            rc_train = cli.main(
+                [
+                    "train",
+                    *common,
+                    "--ways",
+                    "3",
+                    "--shots",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--batch-episodes",
+                    "3",
+                    "--dm",
+                    "16",
+                    "--dr",
+                    "16",
+                    "--sync-bn",
+                    "--checkpoint",
+                    str(cli_out / "m.pt"),
+                    "--log",
+                    str(cli_out / "log.jsonl"),
+                ]
+            )
+            rc_eval = cli.main(
+                [
+                    "evaluate",
+                    *common,
+                    "--ways",
+                    "3",
+                    "--shots",
+                    "1",
+                    "--episodes",
+                    "5",
+                    "--batch-episodes",
+                    "2",
+                    "--checkpoint",
+                    str(cli_out / "m.pt"),
+                ]
+            )
         (out / f"cli_rank{ctx.rank}.txt").write_text(f"{rc_train} {rc_eval}\n{buf.getvalue()}")
     finally:
         destroy_distributed(ctx)

@@ -12,16 +12,76 @@ from mmnet_plugin.cli import main
 def test_train_then_evaluate_on_glyphs(tmp_path, capsys):
     ckpt = tmp_path / "m.pt"
     args = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress"]
-    rc = main(["train", *args, "--ways", "2-5", "--shots", "1-2", "--steps", "2", "--batch-episodes", "2",
-               "--dm", "16", "--dr", "16", "--checkpoint", str(ckpt), "--log", str(tmp_path / "log.jsonl")])
+    rc = main(
+        [
+            "train",
+            *args,
+            "--ways",
+            "2-5",
+            "--shots",
+            "1-2",
+            "--steps",
+            "2",
+            "--batch-episodes",
+            "2",
+            "--dm",
+            "16",
+            "--dr",
+            "16",
+            "--checkpoint",
+            str(ckpt),
+            "--log",
+            str(tmp_path / "log.jsonl"),
+        ]
+    )
     assert rc == 0 and ckpt.is_file()
     out = capsys.readouterr().out
     assert "trained 2 steps x 2 episodes" in out and "training fingerprint" in out
-    rc = main(["train", *args, "--ways", "2-5", "--shots", "1-2", "--steps", "3", "--batch-episodes", "2",
-               "--dm", "16", "--dr", "16", "--checkpoint", str(ckpt), "--resume"])
+    rc = main(
+        [
+            "train",
+            *args,
+            "--ways",
+            "2-5",
+            "--shots",
+            "1-2",
+            "--steps",
+            "3",
+            "--batch-episodes",
+            "2",
+            "--dm",
+            "16",
+            "--dr",
+            "16",
+            "--checkpoint",
+            str(ckpt),
+            "--resume",
+        ]
+    )
     assert rc == 0 and "trained 3 steps" in capsys.readouterr().out
-    rc = main(["train", *args, "--ways", "2-5", "--shots", "1-2", "--steps", "9", "--batch-episodes", "2",
-               "--dm", "16", "--dr", "16", "--checkpoint", str(ckpt), "--resume", "--time-limit", "1e-9"])
+    rc = main(
+        [
+            "train",
+            *args,
+            "--ways",
+            "2-5",
+            "--shots",
+            "1-2",
+            "--steps",
+            "9",
+            "--batch-episodes",
+            "2",
+            "--dm",
+            "16",
+            "--dr",
+            "16",
+            "--checkpoint",
+            str(ckpt),
+            "--resume",
+            "--time-limit",
+            "1e-9",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "trained 4 steps" in out and "stopped by --time-limit" in out
     rc = main(["evaluate", *args, "--checkpoint", str(ckpt), "--ways", "3", "--shots", "1", "--episodes", "4"])
@@ -71,8 +131,27 @@ def test_query_branch_option_is_trained_saved_and_evaluated(tmp_path, capsys, fo
 
     ckpt = tmp_path / "m.pt"
     args = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress"]
-    assert main(["train", *args, "--steps", "1", "--batch-episodes", "1", "--dm", "8", "--dr", "8",
-                 "--query-branch", form, "--checkpoint", str(ckpt)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *args,
+                "--steps",
+                "1",
+                "--batch-episodes",
+                "1",
+                "--dm",
+                "8",
+                "--dr",
+                "8",
+                "--query-branch",
+                form,
+                "--checkpoint",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
     model = MMNet.from_checkpoint(ckpt)
     assert model.use_query_branch == (form != "none") and (form == "none" or model.query_branch == form)
     assert main(["evaluate", *args, "--checkpoint", str(ckpt), "--episodes", "2"]) == 0
@@ -93,8 +172,25 @@ def test_settings_syntax():
         parse_settings("5-1")
 
 
-GLYPHS = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--ways", "3",
-          "--steps", "2", "--batch-episodes", "2", "--dm", "16", "--dr", "16"]
+GLYPHS = [
+    "--dataset",
+    "glyphs",
+    "--device",
+    "cpu",
+    "--queries",
+    "2",
+    "--no-progress",
+    "--ways",
+    "3",
+    "--steps",
+    "2",
+    "--batch-episodes",
+    "2",
+    "--dm",
+    "16",
+    "--dr",
+    "16",
+]
 
 
 @pytest.mark.parametrize("option", ["--checkpoint", "--log"])
@@ -140,16 +236,36 @@ def test_bf16_trains_on_the_cpu(tmp_path, capsys, monkeypatch):
     assert "no native bf16 instructions" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("split, val_split, warned", [
-    ("trainval", "val", "--val-split val lies inside --split trainval: validation classes are training classes"),
-    ("train", "train", "--val-split train is the training split: validation classes are training classes"),
-    ("train", "trainval", "--val-split trainval contains --split train: validation classes"),
-    ("train", "test", "--val-split test: the best checkpoint"),
-    ("train", "val", None),
-])
+@pytest.mark.parametrize(
+    "split, val_split, warned",
+    [
+        ("trainval", "val", "--val-split val lies inside --split trainval: validation classes are training classes"),
+        ("train", "train", "--val-split train is the training split: validation classes are training classes"),
+        ("train", "trainval", "--val-split trainval contains --split train: validation classes"),
+        ("train", "test", "--val-split test: the best checkpoint"),
+        ("train", "val", None),
+    ],
+)
 def test_validation_inside_the_training_split_is_warned(capsys, split, val_split, warned):
-    assert main(["train", *GLYPHS, "--steps", "1", "--split", split, "--val-split", val_split,
-                 "--val-every", "1", "--val-episodes", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *GLYPHS,
+                "--steps",
+                "1",
+                "--split",
+                split,
+                "--val-split",
+                val_split,
+                "--val-every",
+                "1",
+                "--val-episodes",
+                "2",
+            ]
+        )
+        == 0
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmnet: warning")]
     if warned is None:
         assert err == []
@@ -160,14 +276,37 @@ def test_validation_inside_the_training_split_is_warned(capsys, split, val_split
 def test_sync_bn_in_one_process_trains_as_without_it(tmp_path, capsys, monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    args = ["train", "--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--ways", "3",
-            "--steps", "2", "--batch-episodes", "2", "--dm", "16", "--dr", "16", "--log"]
+    args = [
+        "train",
+        "--dataset",
+        "glyphs",
+        "--device",
+        "cpu",
+        "--queries",
+        "2",
+        "--no-progress",
+        "--ways",
+        "3",
+        "--steps",
+        "2",
+        "--batch-episodes",
+        "2",
+        "--dm",
+        "16",
+        "--dr",
+        "16",
+        "--log",
+    ]
     assert main([*args, str(tmp_path / "a.jsonl"), "--sync-bn"]) == 0
     with_sync = capsys.readouterr().out
     assert main([*args, str(tmp_path / "b.jsonl")]) == 0
     assert capsys.readouterr().out == with_sync and "processes" not in with_sync
-    assert "--sync-bn" in subprocess.run([sys.executable, "-m", "mmnet_plugin", "train", "--help"],
-                                         capture_output=True, text=True).stdout
+    assert (
+        "--sync-bn"
+        in subprocess.run(
+            [sys.executable, "-m", "mmnet_plugin", "train", "--help"], capture_output=True, text=True
+        ).stdout
+    )
 
 
 def test_bad_torchrun_environment_is_one_line(capsys, monkeypatch):

@@ -38,13 +38,16 @@ def test_shards_cover_every_index_once(n, world):
         D.shard(-1, ctxs[0])
 
 
-@pytest.mark.parametrize("env,match", [
-    ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two' is not an integer"),
-    ({"WORLD_SIZE": "2"}, "RANK is not"),
-    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, r"RANK=2 is outside 0\.\.1"),
-    ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set"),
-    ({"WORLD_SIZE": "0", "RANK": "0"}, "must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two' is not an integer"),
+        ({"WORLD_SIZE": "2"}, "RANK is not"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, r"RANK=2 is outside 0\.\.1"),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set"),
+        ({"WORLD_SIZE": "0", "RANK": "0"}, "must be at least 1"),
+    ],
+)
 def test_bad_torchrun_env_is_refused_before_joining(env, match):
     with pytest.raises(ValueError, match=match):
         D.init_distributed("cpu", env=env)
@@ -123,8 +126,16 @@ def ranks(tmp_path_factory):
 
     package_parent = str(Path(mmnet_plugin.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "dist_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(HERE / "dist_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -175,8 +186,9 @@ def test_two_ranks_gradient_with_sync_bn_is_one_process_gradient_of_the_mean(ran
         torch.testing.assert_close(sync["grads"][name], g, rtol=1e-9, atol=1e-12, msg=name)
     # per-rank batch norm statistics (the default) give another gradient, and another loss
     plain = got[0]["plain"]
-    rel = max(float((plain["grads"][n] - g).abs().max() / g.abs().max()) for n, g in ref["grads"].items()
-              if g.abs().max() > 0)
+    rel = max(
+        float((plain["grads"][n] - g).abs().max() / g.abs().max()) for n, g in ref["grads"].items() if g.abs().max() > 0
+    )
     assert rel > 1e-3 and plain["loss"] != pytest.approx(ref["loss"], rel=1e-6)
 
 
@@ -190,6 +202,7 @@ def test_two_rank_checkpoint_resumes_in_one_process_on_the_same_stream(ranks, wo
     full_losses = [r["loss"] for r in full.history if "loss" in r]
     # the 2-rank run of 2 steps: same losses, same stream, one log written by rank 0 alone
     trained = _read(ranks, "train_rank{r}.json")
+
     def strip(history):  # the timings are each rank's own
         return [{k: v for k, v in r.items() if k != "episodes_per_s"} for r in history]
 
@@ -235,8 +248,25 @@ def test_mmnet_train_and_evaluate_under_torchrun(ranks, worker, capsys):
     train_line, eval_line = rank0[1:]
     assert train_line.startswith("trained 2 steps x 3 episodes") and "2 processes (gloo, sync-bn)" in train_line
     common = ["--dataset", "glyphs", "--device", "cpu", "--queries", "2", "--no-progress", "--seed", "5"]
-    assert cli.main(["evaluate", *common, "--ways", "3", "--shots", "1", "--episodes", "5",
-                     "--batch-episodes", "2", "--checkpoint", str(ranks / "cli" / "m.pt")]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                *common,
+                "--ways",
+                "3",
+                "--shots",
+                "1",
+                "--episodes",
+                "5",
+                "--batch-episodes",
+                "2",
+                "--checkpoint",
+                str(ranks / "cli" / "m.pt"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == eval_line
 
 
@@ -253,8 +283,11 @@ def _distributed_step_script():
 def test_distributed_step_script_parses_modes_and_refuses_bad_ones(capsys):
     script = _distributed_step_script()
     modes = script._parse_modes("single2, ranks2,ranks3-syncbn")
-    assert [(m["kind"], m["n"], m["sync_bn"]) for m in modes] == [("single", 2, False), ("ranks", 2, False),
-                                                                  ("ranks", 3, True)]
+    assert [(m["kind"], m["n"], m["sync_bn"]) for m in modes] == [
+        ("single", 2, False),
+        ("ranks", 2, False),
+        ("ranks", 3, True),
+    ]
     for bad, match in (("single2-syncbn", "needs several ranks"), ("ranks0", "is not single"), ("", "no modes")):
         with pytest.raises(ValueError, match=match):
             script._parse_modes(bad)
@@ -291,8 +324,10 @@ def test_drawing_without_reading_images_keeps_the_stream_and_fingerprint():
     full, part = sampler(data), sampler(Counting())
     every = full.sample_batch(5)
     mine = part.sample_batch(5, keep=[1, 3])
-    assert len(loaded) == 2 and [e.fingerprint_bytes() for e in mine] == [every[1].fingerprint_bytes(),
-                                                                         every[3].fingerprint_bytes()]
+    assert len(loaded) == 2 and [e.fingerprint_bytes() for e in mine] == [
+        every[1].fingerprint_bytes(),
+        every[3].fingerprint_bytes(),
+    ]
     assert torch.equal(mine[0].query_x, every[1].query_x)
     assert part.state_dict() == full.state_dict()  # same stream position and fingerprint
     assert part.sample().fingerprint_bytes() == full.sample().fingerprint_bytes()
@@ -311,10 +346,30 @@ def test_drawing_without_reading_images_keeps_the_stream_and_fingerprint():
 def test_distributed_step_script_times_one_process_and_two_ranks(tmp_path):
     out = tmp_path / "step.json"
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "distributed_step.py"),
-                           "--modes", "single1,ranks2-syncbn", "--ways", "3", "--queries", "1",
-                           "--batch-episodes", "3", "--steps", "2", "--warmup", "0", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE.parent / "benchmarks" / "distributed_step.py"),
+            "--modes",
+            "single1,ranks2-syncbn",
+            "--ways",
+            "3",
+            "--queries",
+            "1",
+            "--batch-episodes",
+            "3",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, ranks = json.loads(out.read_text())["records"]
     assert (single["processes"], single["threads_per_process"]) == (1, 1)

@@ -51,7 +51,12 @@ def test_valid_episode_properties():
         (dict(query_y=torch.tensor([0, 1])), "8 images but query_y has 2"),
         (dict(query_y=torch.tensor([0, 1, 2, 3, 0, 1, 2, 7])), "query label 7 is outside 0..3"),
         (dict(support_x=torch.zeros(4, 5, 5)), "4-D tensor"),
-        (dict(query_x=torch.zeros(8, 1, 6, 5), ), "same size"),
+        (
+            dict(
+                query_x=torch.zeros(8, 1, 6, 5),
+            ),
+            "same size",
+        ),
         (dict(query_x=torch.zeros(0, 1, 5, 5), query_y=torch.zeros(0, dtype=torch.long)), "at least one query"),
         (dict(support_x=torch.zeros(0, 1, 5, 5), support_y=torch.zeros(0, dtype=torch.long)), "support set is empty"),
         (dict(support_x=torch.full((4, 1, 5, 5), float("nan"))), "support_x contains NaN"),

@@ -85,8 +85,9 @@ def test_batched_evaluation_equals_one_by_one():
     ds = TensorFewShotDataset(torch.rand(8 * 4, 1, 28, 28, generator=g), np.repeat(np.arange(8), 4))
 
     def run(batch):
-        return evaluate(model, EpisodeSampler(ds, ways=(2, 5), shots=(1, 2), queries=2, seed=2, episodes=7),
-                        batch_episodes=batch)
+        return evaluate(
+            model, EpisodeSampler(ds, ways=(2, 5), shots=(1, 2), queries=2, seed=2, episodes=7), batch_episodes=batch
+        )
 
     one = run(1)
     calls = []
@@ -104,8 +105,10 @@ def test_batched_evaluation_equals_one_by_one():
 def test_evaluate_refuses_scores_of_the_wrong_shape():
     ds = _dataset()
     with pytest.raises(ValueError, match=r"\[n_query, n_way\]"):
-        evaluate(lambda sx, sy, qx: _nearest(sx, sy, qx).t(), EpisodeSampler(ds, ways=5, shots=1, queries=2,
-                                                                            seed=1, episodes=2))
+        evaluate(
+            lambda sx, sy, qx: _nearest(sx, sy, qx).t(),
+            EpisodeSampler(ds, ways=5, shots=1, queries=2, seed=1, episodes=2),
+        )
 
 
 def test_evaluate_refuses_scores_for_the_wrong_number_of_classes():
@@ -118,8 +121,10 @@ def test_evaluate_refuses_scores_for_the_wrong_number_of_classes():
     with pytest.raises(ValueError, match=r"shape \(10, 6\) for an episode of 10 queries and 5 classes"):
         evaluate(extra_class, EpisodeSampler(ds, ways=5, shots=1, queries=2, seed=1, episodes=2))
     with pytest.raises(ValueError, match=r"\[n_query, n_way\] = \[10, 5\]"):
-        evaluate(lambda sx, sy, qx: _nearest(sx, sy, qx)[:, :4],
-                 EpisodeSampler(ds, ways=5, shots=1, queries=2, seed=1, episodes=2))
+        evaluate(
+            lambda sx, sy, qx: _nearest(sx, sy, qx)[:, :4],
+            EpisodeSampler(ds, ways=5, shots=1, queries=2, seed=1, episodes=2),
+        )
     with pytest.raises(ValueError, match="returned a list for an episode"):
         evaluate(lambda sx, sy, qx: [0] * len(qx), EpisodeSampler(ds, ways=5, shots=1, queries=2, seed=1, episodes=2))
 
@@ -127,6 +132,8 @@ def test_evaluate_refuses_scores_for_the_wrong_number_of_classes():
 def test_evaluate_refuses_easyfsl_tuples_naming_the_adapter():
     ep = EpisodeSampler(_dataset(), ways=5, shots=1, queries=2, seed=0).sample()
     five = (ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.class_ids)
-    with pytest.raises(ValueError, match="evaluate got a 5-item tuple.*not an Episode.*"
-                                         "mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes"):
+    with pytest.raises(
+        ValueError,
+        match="evaluate got a 5-item tuple.*not an Episode.*mmnet_plugin.integrations.easyfsl.EasyFSLEpisodes",
+    ):
         evaluate(_nearest, [five])

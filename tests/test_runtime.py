@@ -19,10 +19,17 @@ def fresh(monkeypatch):
 
 def test_nothing_is_tuned_on_import():
     # a fresh interpreter: importing the library (model, trainer, evaluator) tunes nothing
-    code = ("import mmnet_plugin as m; m.MMNet; m.Trainer; m.evaluate; "
-            "from mmnet_plugin.runtime import cpu_allocator_state; print(cpu_allocator_state())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(Path(__file__).resolve().parents[1]))
+    code = (
+        "import mmnet_plugin as m; m.MMNet; m.Trainer; m.evaluate; "
+        "from mmnet_plugin.runtime import cpu_allocator_state; print(cpu_allocator_state())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
     assert out.stdout.strip() == "default"
 
 

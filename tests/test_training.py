@@ -32,8 +32,15 @@ def _model(seed=0):
 
 def _run(tmp_path, steps, resume=False, name="ckpt.pt", **config):
     sampler = EpisodeSampler(_dataset(), ways=(2, 5), shots=(1, 3), queries=2, seed=4)
-    cfg = TrainConfig(steps=steps, batch_episodes=3, checkpoint=str(tmp_path / name), log_every=1,
-                      progress=False, log_path=str(tmp_path / (name + ".jsonl")), **config)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_episodes=3,
+        checkpoint=str(tmp_path / name),
+        log_every=1,
+        progress=False,
+        log_path=str(tmp_path / (name + ".jsonl")),
+        **config,
+    )
     trainer = Trainer(_model(), cfg, model_config=SMALL)
     trainer.fit(sampler, resume=resume)
     return trainer, sampler
@@ -98,18 +105,22 @@ def test_resume_is_exact_under_the_budget_and_cosine_schedules(tmp_path, schedul
 
 def test_budget_and_cosine_schedules_follow_their_formulas():
     sampler = EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0)
-    budget = Trainer(_Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="budget", log_every=1,
-                                           progress=False))
+    budget = Trainer(
+        _Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="budget", log_every=1, progress=False)
+    )
     budget.fit(sampler)
     # halve every 8 // 4 = 2 steps: the rate after step t is lr * 0.5 ** (t // 2)
     assert [r["lr"] for r in budget.history if "loss" in r] == pytest.approx(
-        [1e-3 * 0.5 ** (t // 2) for t in range(1, 9)])
+        [1e-3 * 0.5 ** (t // 2) for t in range(1, 9)]
+    )
     assert budget.schedule == {"name": "budget", "lr": 1e-3, "halve_every": 2, "gamma": 0.5}
-    cosine = Trainer(_Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="cosine", log_every=1,
-                                           progress=False))
+    cosine = Trainer(
+        _Toy(), TrainConfig(steps=8, batch_episodes=1, lr=1e-3, lr_schedule="cosine", log_every=1, progress=False)
+    )
     cosine.fit(sampler)
     assert [r["lr"] for r in cosine.history if "loss" in r] == pytest.approx(
-        [0.5e-3 * (1 + math.cos(math.pi * t / 8)) for t in range(1, 9)], abs=1e-12)
+        [0.5e-3 * (1 + math.cos(math.pi * t / 8)) for t in range(1, 9)], abs=1e-12
+    )
     with pytest.raises(ValueError, match="lr_schedule must be one of step, budget, cosine"):
         TrainConfig(lr_schedule="linear")
 
@@ -300,6 +311,7 @@ def _counting(sampler):
         for ep in sampler:
             drawn.append(1)
             yield ep
+
     return gen(), drawn
 
 
@@ -325,8 +337,7 @@ def test_read_only_folder_fails_before_the_first_step(tmp_path):
     ro.chmod(0o555)
     try:
         source, drawn = _counting(EpisodeSampler(_dataset(), ways=2, shots=1, queries=1, seed=0))
-        trainer = Trainer(_model(), TrainConfig(steps=2, batch_episodes=1, progress=False,
-                                                checkpoint=str(ro / "m.pt")))
+        trainer = Trainer(_model(), TrainConfig(steps=2, batch_episodes=1, progress=False, checkpoint=str(ro / "m.pt")))
         with pytest.raises(ValueError, match="is not writable"):
             trainer.fit(source)
         assert not drawn

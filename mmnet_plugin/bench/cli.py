@@ -60,15 +60,42 @@ from mmnet_plugin.arguments import resolve_device
 from .checks import fingerprint_checks
 from .config import ConfigError, config_tokens, jsonable_options, read_config, split_config_option
 from .methods import METHODS
-from .options import (BARE, DEFAULT_METHODS, FORMAT, HARNESS_VERSION, VAL_EPISODES, VAL_POINTS, build_parser,
-                      check_output, default_output, paper_preset, resolve_options)
+from .options import (
+    BARE,
+    DEFAULT_METHODS,
+    FORMAT,
+    HARNESS_VERSION,
+    VAL_EPISODES,
+    VAL_POINTS,
+    build_parser,
+    check_output,
+    default_output,
+    paper_preset,
+    resolve_options,
+)
 from .recipes import RecipeError, parse_recipe_spec
 from .report import leaderboard_markdown, leaderboard_text, results_csv, write_summaries
 from .store import ResultStore
 
-__all__ = ["main", "build_parser", "parse_args", "DEFAULT_METHODS", "BARE", "FORMAT", "HARNESS_VERSION",
-           "VAL_POINTS", "VAL_EPISODES", "paper_preset", "resolve_options", "fingerprint_checks", "ResultStore",
-           "leaderboard_text", "leaderboard_markdown", "results_csv", "write_summaries"]
+__all__ = [
+    "main",
+    "build_parser",
+    "parse_args",
+    "DEFAULT_METHODS",
+    "BARE",
+    "FORMAT",
+    "HARNESS_VERSION",
+    "VAL_POINTS",
+    "VAL_EPISODES",
+    "paper_preset",
+    "resolve_options",
+    "fingerprint_checks",
+    "ResultStore",
+    "leaderboard_text",
+    "leaderboard_markdown",
+    "results_csv",
+    "write_summaries",
+]
 
 
 def parse_args(argv: Sequence[str], prog: str = "mmnet bench") -> Any:
@@ -114,14 +141,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        recipes = parse_recipe_spec(args.recipe, args.methods, {n: list(c.RECIPES) for n, c in METHODS.items()},
-                                    args.dataset)
+        recipes = parse_recipe_spec(
+            args.recipe, args.methods, {n: list(c.RECIPES) for n, c in METHODS.items()}, args.dataset
+        )
     except RecipeError as exc:
         parser.error(str(exc))
     opts = resolve_options(args)
     if opts["validate"] and opts["train_split"] == "trainval":
-        parser.error("validation scores the val split, whose classes --train-split trainval trains on; "
-                     "use --train-split train, or --val-points 0 to test the last weights")
+        parser.error(
+            "validation scores the val split, whose classes --train-split trainval trains on; "
+            "use --train-split train, or --val-points 0 to test the last weights"
+        )
     if args.protonet_train_ways and "protonet" in args.methods and recipes.get("protonet") != "published":
         parser.error("--protonet-train-ways needs ProtoNet's published recipe (--recipe protonet=published)")
     tensorboard = None
@@ -142,8 +172,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
         if problem:
             print(f"error: {problem.replace('--output', '--tensorboard', 1)}", file=sys.stderr)
             return 2
-    record_extra: Dict[str, Any] = {"options": jsonable_options(args),
-                                    "config_file": config.record() if config is not None else None}
+    record_extra: Dict[str, Any] = {
+        "options": jsonable_options(args),
+        "config_file": config.record() if config is not None else None,
+    }
     from mmnet_plugin.runtime import tune_cpu_allocator
 
     from .grid import run_grid
@@ -163,8 +195,18 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
                 torch.set_num_threads(args.threads)
             elif ctx.enabled and device.type == "cpu":
                 torch.set_num_threads(1)  # the ranks share the cores
-            return run_grid(args, given, output, device, opts, recipes, t_start, ctx=ctx, tensorboard=tensorboard,
-                            record_extra=record_extra)
+            return run_grid(
+                args,
+                given,
+                output,
+                device,
+                opts,
+                recipes,
+                t_start,
+                ctx=ctx,
+                tensorboard=tensorboard,
+                record_extra=record_extra,
+            )
         finally:
             torch.set_num_threads(threads_before)
 

@@ -12,11 +12,25 @@ Nothing here touches global random state.
 
 from __future__ import annotations
 
-from .files import (CheckpointError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                    safe_torch_load)
+from .files import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    safe_torch_load,
+)
 from .fingerprints import ImageDigest, config_key, dataset_digest, derive_seed, stream_fingerprint
-from .identity import (PACKAGE_DIR, REPO_ROOT, checkout_root, code_identity, device_description, git_commit,
-                       source_digest, versions)
+from .identity import (
+    PACKAGE_DIR,
+    REPO_ROOT,
+    checkout_root,
+    code_identity,
+    device_description,
+    git_commit,
+    source_digest,
+    versions,
+)
 from .meters import PeakMemory, Stopwatch, load_average, quiet_import
 
 __all__ = [

@@ -27,8 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["ConfigError", "ConfigFile", "PACKAGED_DIR", "packaged_config_names", "resolve_config_path",
-           "read_config", "config_tokens", "split_config_option"]
+__all__ = [
+    "ConfigError",
+    "ConfigFile",
+    "PACKAGED_DIR",
+    "packaged_config_names",
+    "resolve_config_path",
+    "read_config",
+    "config_tokens",
+    "split_config_option",
+]
 
 #: the configs shipped inside the package (``mmnet_plugin/bench/configs``)
 PACKAGED_DIR = Path(__file__).resolve().parent / "configs"
@@ -95,8 +103,10 @@ def _parse_text(path: Path, data: bytes) -> Any:
         try:
             import yaml
         except ImportError:
-            raise ConfigError(f"config {path}: reading YAML needs PyYAML: pip install \"mmnet-plugin[bench]\" "
-                              "(or pip install pyyaml), or write the config as .json or .toml") from None
+            raise ConfigError(
+                f'config {path}: reading YAML needs PyYAML: pip install "mmnet-plugin[bench]" '
+                "(or pip install pyyaml), or write the config as .json or .toml"
+            ) from None
         try:
             return yaml.safe_load(data.decode("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -114,14 +124,15 @@ def _parse_text(path: Path, data: bytes) -> Any:
             try:
                 import tomli as tomllib  # type: ignore[no-redef]
             except ImportError:
-                raise ConfigError(f"config {path}: reading TOML needs Python 3.11+ or tomli (pip install tomli); "
-                                  "or write the config as .json") from None
+                raise ConfigError(
+                    f"config {path}: reading TOML needs Python 3.11+ or tomli (pip install tomli); "
+                    "or write the config as .json"
+                ) from None
         try:
             return tomllib.loads(data.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config {path}: not valid TOML ({exc})") from None
-    raise ConfigError(f"config {path}: unknown format {path.suffix or '(no suffix)'}; use .yaml, .yml, .json "
-                      "or .toml")
+    raise ConfigError(f"config {path}: unknown format {path.suffix or '(no suffix)'}; use .yaml, .yml, .json or .toml")
 
 
 def read_config(spec: str) -> ConfigFile:
@@ -145,8 +156,9 @@ def read_config(spec: str) -> ConfigFile:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config {path}: expected a mapping of option names to values at the top, "
-                          f"got {type(values).__name__}")
+        raise ConfigError(
+            f"config {path}: expected a mapping of option names to values at the top, got {type(values).__name__}"
+        )
     return ConfigFile(path, hashlib.sha256(data).hexdigest(), dict(values))
 
 
@@ -166,14 +178,18 @@ def _text(value: Any) -> Optional[str]:
         return None
     if isinstance(value, (int, float, str)):
         return str(value)
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)
+    ):
         return ",".join(str(v) for v in value)
     return None
 
 
-def config_tokens(config: ConfigFile, parser: argparse.ArgumentParser,
-                  refused: Sequence[str] = ("config", "help")) -> List[str]:
+def config_tokens(
+    config: ConfigFile, parser: argparse.ArgumentParser, refused: Sequence[str] = ("config", "help")
+) -> List[str]:
     """The command-line tokens a config file stands for, every value checked first.
 
     Args:
@@ -196,8 +212,9 @@ def config_tokens(config: ConfigFile, parser: argparse.ArgumentParser,
         action = actions.get(name)
         if action is None or name in refused:
             known = ", ".join(sorted(k for k in actions if k not in refused))
-            raise ConfigError(f"{where}: unknown key {key!r} (not an option of the harness; keys are the long "
-                              f"option names: {known})")
+            raise ConfigError(
+                f"{where}: unknown key {key!r} (not an option of the harness; keys are the long option names: {known})"
+            )
         flag = "--" + name.replace("_", "-")
         if action.nargs == 0:  # store_true / store_false
             if not isinstance(value, bool):
@@ -207,8 +224,10 @@ def config_tokens(config: ConfigFile, parser: argparse.ArgumentParser,
             continue
         text = _text(value)
         if text is None:
-            raise ConfigError(f"{where}: key {key!r}: expected a number, a string or a list of them, "
-                              f"got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{where}: key {key!r}: expected a number, a string or a list of them, "
+                f"got {type(value).__name__} {value!r}"
+            )
         if action.type is not None:
             try:
                 converted = action.type(text)
@@ -217,8 +236,9 @@ def config_tokens(config: ConfigFile, parser: argparse.ArgumentParser,
         else:
             converted = text
         if action.choices is not None and converted not in action.choices:
-            raise ConfigError(f"{where}: key {key!r}: {converted!r} is not one of "
-                              f"{', '.join(map(str, action.choices))}")
+            raise ConfigError(
+                f"{where}: key {key!r}: {converted!r} is not one of {', '.join(map(str, action.choices))}"
+            )
         tokens += [flag, text]
     return tokens
 
@@ -246,6 +266,7 @@ def split_config_option(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
 
 def jsonable_options(args: argparse.Namespace) -> Mapping[str, Any]:
     """The resolved options, as plain JSON values (tuples as lists), for the run record."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]

@@ -16,8 +16,15 @@ import torch
 
 from mmnet_plugin.training import CheckpointError as _PackageCheckpointError
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "atomic_torch_save", "CheckpointError",
-           "safe_torch_load", "jsonable"]
+__all__ = [
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "CheckpointError",
+    "safe_torch_load",
+    "jsonable",
+]
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
@@ -86,7 +93,8 @@ def safe_torch_load(path: Union[str, Path], map_location: Any = None) -> Any:
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain containers, "
             f"which torch.load(weights_only=True) does not unpickle ({first[:160]}); delete it or let "
-            "the run retrain") from None
+            "the run retrain"
+        ) from None
     except Exception as exc:  # truncated, not a torch file, unreadable
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"checkpoint {path} is unusable ({type(exc).__name__}: {first[:160]})") from None

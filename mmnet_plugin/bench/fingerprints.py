@@ -27,8 +27,9 @@ _ROLES = {"train": 1, "test": 2, "init": 3, "mixed": 4, "val": 5}
 def derive_seed(seed: int, role: str, *parts: int) -> int:
     """An independent 63-bit seed for one role (``train``, ``test``, ``init``, ``mixed``, ``val``)
     and setting, derived from the run's ``--seed`` by ``numpy.random.SeedSequence``."""
-    ss = np.random.SeedSequence(entropy=int(seed) & ((1 << 63) - 1),
-                                spawn_key=(_ROLES[role],) + tuple(int(p) for p in parts))
+    ss = np.random.SeedSequence(
+        entropy=int(seed) & ((1 << 63) - 1), spawn_key=(_ROLES[role],) + tuple(int(p) for p in parts)
+    )
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -84,4 +85,3 @@ def dataset_digest(dataset: Any, split: str, probe: int = 1024) -> str:
             x = dataset.load(chunk)
             h.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
     return h.hexdigest()[:16]
-

@@ -40,8 +40,12 @@ def image_shape(ds: Any) -> Tuple[int, int]:
     return c, h
 
 
-def _check_settings(settings: Sequence[Tuple[int, int]], splits: Dict[str, Any], queries: int,
-                    extra: Sequence[Tuple[str, Dict[str, Any]]]) -> Optional[str]:
+def _check_settings(
+    settings: Sequence[Tuple[int, int]],
+    splits: Dict[str, Any],
+    queries: int,
+    extra: Sequence[Tuple[str, Dict[str, Any]]],
+) -> Optional[str]:
     """Every setting must be drawable from every split it needs: a one-line reason if not."""
     for w, k in settings:
         for split, ds in splits.items():
@@ -57,9 +61,18 @@ def _check_settings(settings: Sequence[Tuple[int, int]], splits: Dict[str, Any],
     return None
 
 
-def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Path, device: torch.device,
-             opts: Dict[str, Any], recipes: Dict[str, str], t_start: float, ctx: Optional[Any] = None,
-             tensorboard: Optional[TensorBoardLog] = None, record_extra: Optional[Dict[str, Any]] = None) -> int:
+def run_grid(
+    args: argparse.Namespace,
+    argv: Optional[Sequence[str]],
+    output: Path,
+    device: torch.device,
+    opts: Dict[str, Any],
+    recipes: Dict[str, str],
+    t_start: float,
+    ctx: Optional[Any] = None,
+    tensorboard: Optional[TensorBoardLog] = None,
+    record_extra: Optional[Dict[str, Any]] = None,
+) -> int:
     """Run the grid of (setting, method) cells and write the results.
 
     Args:
@@ -105,12 +118,20 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
         splits["val"] = val_ds
     extra = []
     if "mmnet-mixed" in args.methods:
-        extra.append(("mmnet-mixed's stream", {"ways": list(mixed_w), "shots": list(mixed_k),
-                                               "queries": args.queries, "seed": 0}))
+        extra.append(
+            (
+                "mmnet-mixed's stream",
+                {"ways": list(mixed_w), "shots": list(mixed_k), "queries": args.queries, "seed": 0},
+            )
+        )
     if args.protonet_train_ways and "protonet" in args.methods:
         for w, k in settings:
-            extra.append((f"--protonet-train-ways {args.protonet_train_ways} at {format_setting(w, k)}",
-                          {"ways": args.protonet_train_ways, "shots": k, "queries": 5, "seed": 0}))
+            extra.append(
+                (
+                    f"--protonet-train-ways {args.protonet_train_ways} at {format_setting(w, k)}",
+                    {"ways": args.protonet_train_ways, "shots": k, "queries": 5, "seed": 0},
+                )
+            )
     problem = _check_settings(settings, splits, args.queries, extra)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -130,44 +151,96 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     imports_s = time.perf_counter() - t0
 
     code = code_identity()
-    digests = {"train": dataset_digest(train_ds, opts["train_split"], probe=256),
-               "test": dataset_digest(test_ds, "test", probe=256)}
+    digests = {
+        "train": dataset_digest(train_ds, opts["train_split"], probe=256),
+        "test": dataset_digest(test_ds, "test", probe=256),
+    }
     if val_ds is not None:
         digests["val"] = dataset_digest(val_ds, "val", probe=256)
-    validation = {"enabled": opts["validate"], "split": val_split, "every_steps": opts["val_every"],
-                  "points": opts["val_points"], "episodes": args.val_episodes if opts["validate"] else 0}
+    validation = {
+        "enabled": opts["validate"],
+        "split": val_split,
+        "every_steps": opts["val_every"],
+        "points": opts["val_points"],
+        "episodes": args.val_episodes if opts["validate"] else 0,
+    }
     run: Dict[str, Any] = {
         "command": [Path(sys.argv[0]).name] + list(sys.argv[1:] if argv is None else argv),
-        "dataset": args.dataset, "train_split": opts["train_split"], "val_split": val_split, "test_split": "test",
-        "image_size": image_size, "in_channels": in_channels,
-        "settings": [format_setting(*s) for s in settings], "methods": list(args.methods),
-        "recipes": recipes, "default_recipe": default_recipe(args.dataset),
-        "train_episodes": opts["train_episodes"], "budget_seconds": args.budget_seconds, "min_steps": args.min_steps,
+        "dataset": args.dataset,
+        "train_split": opts["train_split"],
+        "val_split": val_split,
+        "test_split": "test",
+        "image_size": image_size,
+        "in_channels": in_channels,
+        "settings": [format_setting(*s) for s in settings],
+        "methods": list(args.methods),
+        "recipes": recipes,
+        "default_recipe": default_recipe(args.dataset),
+        "train_episodes": opts["train_episodes"],
+        "budget_seconds": args.budget_seconds,
+        "min_steps": args.min_steps,
         "protonet_train_ways": args.protonet_train_ways,
-        "validation": validation, "test_episodes": opts["test_episodes"],
-        "queries": args.queries, "seed": args.seed, "preset": "paper" if args.paper else "bare",
-        "device": device_description(device), "versions": versions(), "git": {k: code[k] for k in ("commit", "dirty")},
-        "code": code, "data_digests": digests, "harness_version": HARNESS_VERSION, "started": utc_now(),
+        "validation": validation,
+        "test_episodes": opts["test_episodes"],
+        "queries": args.queries,
+        "seed": args.seed,
+        "preset": "paper" if args.paper else "bare",
+        "device": device_description(device),
+        "versions": versions(),
+        "git": {k: code[k] for k in ("commit", "dirty")},
+        "code": code,
+        "data_digests": digests,
+        "harness_version": HARNESS_VERSION,
+        "started": utc_now(),
         **(record_extra or {}),
     }
     if world > 1:
-        run["distributed"] = {"world_size": world, "backend": ctx.backend,
-                              "cells": "cell i of the grid (settings, then methods) on rank i % world_size; a "
-                                       "method trained once (mmnet-mixed) on rank (its index in methods) % "
-                                       "world_size in every setting"}
+        run["distributed"] = {
+            "world_size": world,
+            "backend": ctx.backend,
+            "cells": "cell i of the grid (settings, then methods) on rank i % world_size; a "
+            "method trained once (mmnet-mixed) on rank (its index in methods) % "
+            "world_size in every setting",
+        }
     run["config_key"] = config_key(
-        {k: run[k] for k in ("dataset", "train_split", "val_split", "test_split", "image_size", "train_episodes",
-                             "budget_seconds", "min_steps", "test_episodes", "queries", "seed", "data_digests")}
-        | {"validation": {k: validation[k] for k in ("every_steps", "points", "episodes")},
-           "device_type": device.type, "harness": HARNESS_VERSION})
+        {
+            k: run[k]
+            for k in (
+                "dataset",
+                "train_split",
+                "val_split",
+                "test_split",
+                "image_size",
+                "train_episodes",
+                "budget_seconds",
+                "min_steps",
+                "test_episodes",
+                "queries",
+                "seed",
+                "data_digests",
+            )
+        }
+        | {
+            "validation": {k: validation[k] for k in ("every_steps", "points", "episodes")},
+            "device_type": device.type,
+            "harness": HARNESS_VERSION,
+        }
+    )
     run["run_key"] = config_key({"config": run["config_key"], "code": code["source_sha256"]})
     too_big = [format_setting(w, s) for w, s in settings if w > mixed_w[1] or s > mixed_k[1]]
     if too_big and "mmnet-mixed" in args.methods:
-        print(f"note: mmnet-mixed trains on {mixed_w[0]}-{mixed_w[1]} ways and {mixed_k[0]}-{mixed_k[1]} shots "
-              f"but is tested on {', '.join(too_big)} too")
-    run["seeds"] = {format_setting(w, s): {"train": derive_seed(args.seed, "train", w, s),
-                                           "val": derive_seed(args.seed, "val", w, s),
-                                           "test": derive_seed(args.seed, "test", w, s)} for w, s in settings}
+        print(
+            f"note: mmnet-mixed trains on {mixed_w[0]}-{mixed_w[1]} ways and {mixed_k[0]}-{mixed_k[1]} shots "
+            f"but is tested on {', '.join(too_big)} too"
+        )
+    run["seeds"] = {
+        format_setting(w, s): {
+            "train": derive_seed(args.seed, "train", w, s),
+            "val": derive_seed(args.seed, "val", w, s),
+            "test": derive_seed(args.seed, "test", w, s),
+        }
+        for w, s in settings
+    }
     run["seeds"]["init"] = derive_seed(args.seed, "init")
     run["seeds"]["mixed_train"] = derive_seed(args.seed, "mixed")
     run["mixed_stream"] = {"ways": list(mixed_w), "shots": list(mixed_k)}
@@ -175,24 +248,35 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     store = ResultStore(output, run, run["run_key"], run["config_key"], reuse_stale=args.reuse_stale)
     if main_rank:
         budget = budget_words(run)
-        print(f"benchmark: {args.dataset} ({opts['train_split']} -> test, {in_channels}x{image_size}x{image_size}), "
-              f"settings {','.join(run['settings'])}, {budget}, {opts['test_episodes']} test episodes, "
-              f"{args.queries} queries/class, seed {args.seed}, device {device} ({run['device']['name']}, "
-              f"{torch.get_num_threads()} threads)")
-        print(f"methods: {', '.join(f'{m} [{recipes[m]}]' for m in args.methods)}; validation: "
-              f"{'on ' + str(validation['episodes']) + ' val episodes' if validation['enabled'] else 'none'}; "
-              f"code {code['commit'] or ('not in git' if code.get('source') == 'checkout' else 'installed, no git commit')}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
-              f"results in {output}/")
+        print(
+            f"benchmark: {args.dataset} ({opts['train_split']} -> test, {in_channels}x{image_size}x{image_size}), "
+            f"settings {','.join(run['settings'])}, {budget}, {opts['test_episodes']} test episodes, "
+            f"{args.queries} queries/class, seed {args.seed}, device {device} ({run['device']['name']}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+        print(
+            f"methods: {', '.join(f'{m} [{recipes[m]}]' for m in args.methods)}; validation: "
+            f"{'on ' + str(validation['episodes']) + ' val episodes' if validation['enabled'] else 'none'}; "
+            f"code {code['commit'] or ('not in git' if code.get('source') == 'checkout' else 'installed, no git commit')}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
+            f"results in {output}/"
+        )
         if store.records:
             print(f"resuming: {len(store.records)} finished result(s) of this configuration and code found")
         if store.other_code:
-            print(f"note: {len(store.other_code)} result(s) of this configuration in {output}/records were made by "
-                  f"other code; {'reused (--reuse-stale), marked' if args.reuse_stale else 'not reused (--reuse-stale to use them)'}")
+            print(
+                f"note: {len(store.other_code)} result(s) of this configuration in {output}/records were made by "
+                f"other code; {'reused (--reuse-stale), marked' if args.reuse_stale else 'not reused (--reuse-stale to use them)'}"
+            )
         if store.stale:
-            print(f"note: {store.stale} result(s) in {output}/records from another configuration "
-                  "(data set, budget, queries, seed or device) are kept there but not reused")
-    if (args.dataset == "glyphs" and hasattr(test_ds, "materialize")
-            and opts["test_episodes"] * max(w for w, _ in settings) >= len(test_ds.class_names)):
+            print(
+                f"note: {store.stale} result(s) in {output}/records from another configuration "
+                "(data set, budget, queries, seed or device) are kept there but not reused"
+            )
+    if (
+        args.dataset == "glyphs"
+        and hasattr(test_ds, "materialize")
+        and opts["test_episodes"] * max(w for w, _ in settings) >= len(test_ds.class_names)
+    ):
         # the test episodes will touch most test classes: generate the embedded images up
         # front, so the first method's test time and memory do not pay for them (the first
         # method's training pays for generating the training images it is first to touch:
@@ -205,24 +289,59 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     mine: List[Dict[str, Any]] = []  # records this process made (merged on rank 0 when distributed)
     options = {"protonet_train_ways": args.protonet_train_ways}
     first = settings[0]
-    once_val = None if not validation["enabled"] else {  # trained-once methods validate on the first setting
-        "split": "val", "ways": first[0], "shots": first[1], "queries": args.queries,
-        "seed": run["seeds"][format_setting(*first)]["val"], "episodes": validation["episodes"]}
+    once_val = (
+        None
+        if not validation["enabled"]
+        else {  # trained-once methods validate on the first setting
+            "split": "val",
+            "ways": first[0],
+            "shots": first[1],
+            "queries": args.queries,
+            "seed": run["seeds"][format_setting(*first)]["val"],
+            "episodes": validation["episodes"],
+        }
+    )
     cell = -1
     try:
         for ways, shots in settings:
             setting = format_setting(ways, shots)
             seeds = run["seeds"][setting]
-            test_stream = {"split": "test", "ways": ways, "shots": shots, "queries": args.queries,
-                           "seed": seeds["test"], "episodes": opts["test_episodes"]}
-            val_stream = None if not validation["enabled"] else {
-                "split": "val", "ways": ways, "shots": shots, "queries": args.queries, "seed": seeds["val"],
-                "episodes": validation["episodes"]}
-            shared = {"split": opts["train_split"], "ways": [ways, ways], "shots": [shots, shots],
-                      "queries": args.queries, "seed": seeds["train"], "episodes": opts["train_episodes"]}
-            mixed = {"split": opts["train_split"], "ways": list(mixed_w), "shots": list(mixed_k),
-                     "queries": args.queries, "seed": run["seeds"]["mixed_train"],
-                     "episodes": opts["train_episodes"]}
+            test_stream = {
+                "split": "test",
+                "ways": ways,
+                "shots": shots,
+                "queries": args.queries,
+                "seed": seeds["test"],
+                "episodes": opts["test_episodes"],
+            }
+            val_stream = (
+                None
+                if not validation["enabled"]
+                else {
+                    "split": "val",
+                    "ways": ways,
+                    "shots": shots,
+                    "queries": args.queries,
+                    "seed": seeds["val"],
+                    "episodes": validation["episodes"],
+                }
+            )
+            shared = {
+                "split": opts["train_split"],
+                "ways": [ways, ways],
+                "shots": [shots, shots],
+                "queries": args.queries,
+                "seed": seeds["train"],
+                "episodes": opts["train_episodes"],
+            }
+            mixed = {
+                "split": opts["train_split"],
+                "ways": list(mixed_w),
+                "shots": list(mixed_k),
+                "queries": args.queries,
+                "seed": run["seeds"]["mixed_train"],
+                "episodes": opts["train_episodes"],
+            }
             tag = f" [{setting}, rank {rank}]" if world > 1 else ""
             if main_rank:
                 print(f"\n== {setting}: training stream seed {seeds['train']}, test stream seed {seeds['test']}")
@@ -234,29 +353,54 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
                 if (m_index if cls.trained_once else cell) % world != rank:
                     continue  # another rank's cell
                 if cls.trained_once:
-                    mctx = MethodContext(args.dataset, mixed_w[1], mixed_k[1], in_channels, image_size, device,
-                                         opts["train_episodes"])
+                    mctx = MethodContext(
+                        args.dataset, mixed_w[1], mixed_k[1], in_channels, image_size, device, opts["train_episodes"]
+                    )
                 else:
-                    mctx = MethodContext(args.dataset, ways, shots, in_channels, image_size, device,
-                                         opts["train_episodes"])
-                job = Job(cls, ways, shots, run, mctx, shared if cls.shared_stream else mixed, test_stream,
-                          once_val if cls.trained_once else val_stream, init_seed, recipes[name], options)
+                    mctx = MethodContext(
+                        args.dataset, ways, shots, in_channels, image_size, device, opts["train_episodes"]
+                    )
+                job = Job(
+                    cls,
+                    ways,
+                    shots,
+                    run,
+                    mctx,
+                    shared if cls.shared_stream else mixed,
+                    test_stream,
+                    once_val if cls.trained_once else val_stream,
+                    init_seed,
+                    recipes[name],
+                    options,
+                )
                 done = store.done(job.key, job.key_nocode)
                 if done is not None:
-                    print(f"  {name:12s} done already (skipped): {fmt_acc(done)}%  train fp "
-                          f"{done['train_fingerprint'][:16]}  test fp {done['test_fingerprint'][:16]}"
-                          + ("  [made by other code: --reuse-stale]" if done.get("reused_stale_code") else "") + tag)
+                    print(
+                        f"  {name:12s} done already (skipped): {fmt_acc(done)}%  train fp "
+                        f"{done['train_fingerprint'][:16]}  test fp {done['test_fingerprint'][:16]}"
+                        + ("  [made by other code: --reuse-stale]" if done.get("reused_stale_code") else "")
+                        + tag
+                    )
                     if world > 1:
                         mine.append(done)
                     continue
                 for old in store.retire(name, setting, job.key):
-                    print(f"  {name:12s} note: an earlier result ({fmt_acc(old)}%) was made with other "
-                          "method settings; it is not reused" + tag)
+                    print(
+                        f"  {name:12s} note: an earlier result ({fmt_acc(old)}%) was made with other "
+                        "method settings; it is not reused" + tag
+                    )
                 if tensorboard is not None:
                     tensorboard.start(name, setting)
                 try:
-                    rec = run_job(job, train_ds, val_ds, test_ds, output, progress,
-                                  tensorboard.train_loss if tensorboard is not None else None)
+                    rec = run_job(
+                        job,
+                        train_ds,
+                        val_ds,
+                        test_ds,
+                        output,
+                        progress,
+                        tensorboard.train_loss if tensorboard is not None else None,
+                    )
                 except MethodUnavailable as exc:
                     rec = failed_record(job, (ways, shots), str(exc))
                 except KeyboardInterrupt:
@@ -275,18 +419,25 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
                 if main_rank:
                     write_summaries(output, run, store)
                 if rec["status"] == "ok":
-                    print(f"  {name:12s} {fmt_acc(rec)}%  [{rec['recipe']}] train {rec['train_episodes']} ep, "
-                          f"{rec['train_steps']} steps of {rec['episodes_per_step']} in {rec['train_time_s']:.1f}s"
-                          + (f"  best val {100 * rec['best_val']['val_accuracy']:.1f}% at {rec['best_val']['episodes']} ep"
-                             if rec.get("best_val") else "")
-                          + f"  test {rec['test_ms_per_episode']:.1f} ms/ep  test fp {rec['test_fingerprint'][:16]}"
-                          + tag)
+                    print(
+                        f"  {name:12s} {fmt_acc(rec)}%  [{rec['recipe']}] train {rec['train_episodes']} ep, "
+                        f"{rec['train_steps']} steps of {rec['episodes_per_step']} in {rec['train_time_s']:.1f}s"
+                        + (
+                            f"  best val {100 * rec['best_val']['val_accuracy']:.1f}% at {rec['best_val']['episodes']} ep"
+                            if rec.get("best_val")
+                            else ""
+                        )
+                        + f"  test {rec['test_ms_per_episode']:.1f} ms/ep  test fp {rec['test_fingerprint'][:16]}"
+                        + tag
+                    )
                 else:
                     print(f"  {name:12s} FAILED: {rec['error']}{tag}")
     except KeyboardInterrupt:
         interrupted = True
-        print("\ninterrupted: every finished (method, setting) is saved; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: every finished (method, setting) is saved; rerun the same command to resume",
+            file=sys.stderr,
+        )
     finally:
         if tensorboard is not None:
             tensorboard.close()
@@ -309,8 +460,16 @@ def run_grid(args: argparse.Namespace, argv: Optional[Sequence[str]], output: Pa
     return _finish(output, run, store, ran, t_start, imports_s, interrupted)
 
 
-def _finish(output: Path, run: Dict[str, Any], store: ResultStore, ran: List[Dict[str, Any]], t_start: float,
-            imports_s: float, interrupted: bool, world: int = 1) -> int:
+def _finish(
+    output: Path,
+    run: Dict[str, Any],
+    store: ResultStore,
+    ran: List[Dict[str, Any]],
+    t_start: float,
+    imports_s: float,
+    interrupted: bool,
+    world: int = 1,
+) -> int:
     """Write the summaries and plots, print the leaderboard and the checks; the exit status.
 
     ``ran``: the jobs this process ran (under several ranks, rank 0's), for the timing."""
@@ -322,17 +481,23 @@ def _finish(output: Path, run: Dict[str, Any], store: ResultStore, ran: List[Dic
     print()
     print(leaderboard_text(records))
     for setting, c in checks.items():
-        print(f"{setting}: test fingerprint {c['test_fingerprint'][:16]} "
-              f"({'agrees across methods' if c['test_fingerprints_agree'] else 'ERROR: DIFFERS between methods'}); "
-              f"training fingerprint {(c['train_fingerprint'] or '-')[:16]}"
-              + (f" at episode {c['train_compared_at_episodes']}" if c.get("train_compared_at_episodes") else "")
-              + f" ({'agrees across shared-stream methods' if c['train_fingerprints_agree'] else 'ERROR: DIFFERS'})")
+        print(
+            f"{setting}: test fingerprint {c['test_fingerprint'][:16]} "
+            f"({'agrees across methods' if c['test_fingerprints_agree'] else 'ERROR: DIFFERS between methods'}); "
+            f"training fingerprint {(c['train_fingerprint'] or '-')[:16]}"
+            + (f" at episode {c['train_compared_at_episodes']}" if c.get("train_compared_at_episodes") else "")
+            + f" ({'agrees across shared-stream methods' if c['train_fingerprints_agree'] else 'ERROR: DIFFERS'})"
+        )
     t = run["timing"]
-    print(f"harness overhead{' (rank 0)' if world > 1 else ''}: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s ({100 * t['harness_share']:.2f}%; "
-          f"training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, testing {t['test_s']:.1f} s, "
-          f"library imports {t['imports_s']:.1f} s)")
-    print(f"written: {output}/results.json, results.csv, leaderboard.md, accuracy.png"
-          + (", curves.png" if any(r.get("curve") for r in records if r["status"] == "ok") else ""))
+    print(
+        f"harness overhead{' (rank 0)' if world > 1 else ''}: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s ({100 * t['harness_share']:.2f}%; "
+        f"training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, testing {t['test_s']:.1f} s, "
+        f"library imports {t['imports_s']:.1f} s)"
+    )
+    print(
+        f"written: {output}/results.json, results.csv, leaderboard.md, accuracy.png"
+        + (", curves.png" if any(r.get("curve") for r in records if r["status"] == "ok") else "")
+    )
     if interrupted:
         return 130
     bad = [r for r in records if r["status"] != "ok" or r.get("check", "ok") != "ok"]
@@ -349,7 +514,15 @@ def _timing(ran: Sequence[Dict[str, Any]], wall: float, imports_s: float) -> Dic
     val = sum(r.get("validation_time_s", 0.0) for r in fresh)
     test = sum(r.get("test_time_s", 0.0) for r in ran)
     harness = max(0.0, wall - train - val - test - imports_s)
-    return {"wall_s": wall, "train_s": train, "validation_s": val, "test_s": test, "imports_s": imports_s,
-            "harness_s": harness, "harness_share": harness / wall if wall > 0 else 0.0, "jobs": len(ran),
-            "note": "harness_s = wall - training - validation - testing - library imports, for the jobs this "
-                    "process ran (wall from the start of main() to the last summary)"}
+    return {
+        "wall_s": wall,
+        "train_s": train,
+        "validation_s": val,
+        "test_s": test,
+        "imports_s": imports_s,
+        "harness_s": harness,
+        "harness_share": harness / wall if wall > 0 else 0.0,
+        "jobs": len(ran),
+        "note": "harness_s = wall - training - validation - testing - library imports, for the jobs this "
+        "process ran (wall from the start of main() to the last summary)",
+    }

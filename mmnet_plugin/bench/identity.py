@@ -21,8 +21,16 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["PACKAGE_DIR", "REPO_ROOT", "checkout_root", "versions", "git_commit", "source_digest", "code_identity",
-           "device_description"]
+__all__ = [
+    "PACKAGE_DIR",
+    "REPO_ROOT",
+    "checkout_root",
+    "versions",
+    "git_commit",
+    "source_digest",
+    "code_identity",
+    "device_description",
+]
 
 #: the installed or checked-out ``mmnet_plugin`` package folder
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -47,8 +55,7 @@ def checkout_root(package_dir: Union[str, Path] = PACKAGE_DIR) -> Optional[Path]
 REPO_ROOT = checkout_root()
 
 #: Distributions whose versions every results.json records.
-_DISTRIBUTIONS = ("mmnet-plugin", "torch", "torchvision", "numpy", "easyfsl", "learn2learn",
-                  "matplotlib", "tqdm")
+_DISTRIBUTIONS = ("mmnet-plugin", "torch", "torchvision", "numpy", "easyfsl", "learn2learn", "matplotlib", "tqdm")
 
 #: the trees of a checkout whose uncommitted ``.py`` files a record lists
 _SOURCE_TREES = ("mmnet_plugin", "benchmarks")
@@ -83,6 +90,7 @@ def git_commit(root: Union[str, Path]) -> Dict[str, Any]:
         The commit and whether tracked files have uncommitted changes (``None`` both when
         git or the repository is missing).
     """
+
     def git(*args: str) -> Optional[str]:
         try:
             res = subprocess.run(["git", *args], cwd=str(root), capture_output=True, text=True, timeout=10)
@@ -139,21 +147,40 @@ def code_identity(package_dir: Union[str, Path] = PACKAGE_DIR) -> Dict[str, Any]
     if root is not None:
         info = git_commit(root)
         try:
-            res = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *_SOURCE_TREES],
-                                 cwd=str(root), capture_output=True, text=True, timeout=10)
+            res = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=all", "--", *_SOURCE_TREES],
+                cwd=str(root),
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if res.returncode == 0:
-                dirty = sorted({line[3:].strip() for line in res.stdout.splitlines()
-                                if line[3:].strip().endswith(".py") and "/results/" not in line})
+                dirty = sorted(
+                    {
+                        line[3:].strip()
+                        for line in res.stdout.splitlines()
+                        if line[3:].strip().endswith(".py") and "/results/" not in line
+                    }
+                )
         except (OSError, subprocess.SubprocessError):
             pass
-    return {"commit": info["commit"], "dirty": info["dirty"], "source_sha256": source_digest(package_dir),
-            "uncommitted_source_files": dirty, "source": "checkout" if root is not None else "installed"}
+    return {
+        "commit": info["commit"],
+        "dirty": info["dirty"],
+        "source_sha256": source_digest(package_dir),
+        "uncommitted_source_files": dirty,
+        "source": "checkout" if root is not None else "installed",
+    }
 
 
 def device_description(device: torch.device) -> Dict[str, Any]:
     """What the device is, in words and numbers, for results.json."""
-    info: Dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads(),
-                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    info: Dict[str, Any] = {
+        "type": device.type,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         info["name"] = torch.cuda.get_device_name(idx)
@@ -175,4 +202,3 @@ def device_description(device: torch.device) -> Dict[str, Any]:
                     info["name"] = line.split(":", 1)[1].strip()
                     break
     return info
-

@@ -125,7 +125,7 @@ class PeakMemory:
 
     @property
     def mib(self) -> Optional[float]:
-        return None if self.peak_bytes is None else self.peak_bytes / 2 ** 20
+        return None if self.peak_bytes is None else self.peak_bytes / 2**20
 
 
 @contextlib.contextmanager

@@ -56,8 +56,9 @@ def default_recipe(dataset: str) -> str:
     return "harness" if dataset == "glyphs" else "published"
 
 
-def parse_recipe_spec(spec: Optional[str], methods: Iterable[str], recipes: Mapping[str, Iterable[str]],
-                      dataset: str) -> Dict[str, str]:
+def parse_recipe_spec(
+    spec: Optional[str], methods: Iterable[str], recipes: Mapping[str, Iterable[str]], dataset: str
+) -> Dict[str, str]:
     """Resolve ``--recipe`` to one recipe per method.
 
     Args:
@@ -83,8 +84,10 @@ def parse_recipe_spec(spec: Optional[str], methods: Iterable[str], recipes: Mapp
         raise RecipeError("--recipe is empty; e.g. --recipe published or --recipe published,maml=harness")
     general: List[str] = [t for t in items if "=" not in t]
     if len(general) > 1:
-        raise RecipeError(f"--recipe names more than one recipe for all methods ({', '.join(general)}); "
-                          "give one, then METHOD=NAME items")
+        raise RecipeError(
+            f"--recipe names more than one recipe for all methods ({', '.join(general)}); "
+            "give one, then METHOD=NAME items"
+        )
     if general:
         for m in methods:
             out[m] = general[0].lower()

@@ -20,8 +20,16 @@ from .options import FORMAT
 from .published import PUBLISHED, PUBLISHED_SETTINGS, SOURCES, published_for
 from .store import ResultStore, utc_now
 
-__all__ = ["leaderboard_text", "leaderboard_markdown", "results_csv", "plot_png", "curves_png", "write_summaries",
-           "fmt_acc", "budget_words"]
+__all__ = [
+    "leaderboard_text",
+    "leaderboard_markdown",
+    "results_csv",
+    "plot_png",
+    "curves_png",
+    "write_summaries",
+    "fmt_acc",
+    "budget_words",
+]
 
 
 def fmt_acc(r: Dict[str, Any]) -> str:
@@ -48,8 +56,23 @@ def _selected(r: Dict[str, Any]) -> str:
     return text
 
 
-_COLUMNS = ("method", "recipe", "setting", "accuracy % (95% CI)", "val % @ selected", "test ep", "train ep",
-            "steps", "ep/step", "train s", "val s", "test ms/ep", "peak MiB", "params", "check")
+_COLUMNS = (
+    "method",
+    "recipe",
+    "setting",
+    "accuracy % (95% CI)",
+    "val % @ selected",
+    "test ep",
+    "train ep",
+    "steps",
+    "ep/step",
+    "train s",
+    "val s",
+    "test ms/ep",
+    "peak MiB",
+    "params",
+    "check",
+)
 
 
 def _row(r: Dict[str, Any]) -> List[str]:
@@ -57,11 +80,21 @@ def _row(r: Dict[str, Any]) -> List[str]:
         return [r["label"], r.get("recipe", "-"), r["setting"], "FAILED"] + ["-"] * 10 + [r.get("error", "")]
     check = r.get("check", "ok") + (" (stale code, --reuse-stale)" if r.get("reused_stale_code") else "")
     return [
-        r["label"], r.get("recipe", "-"), r["setting"], fmt_acc(r), _selected(r), str(r["test_episodes"]),
-        str(r["train_episodes"]), str(r["train_steps"]), str(r["episodes_per_step"]),
-        _fmt(r["train_time_s"], ".1f"), _fmt(r.get("validation_time_s"), ".1f"),
-        _fmt(r["test_ms_per_episode"], ".1f"), _fmt(r["peak_memory_mib"], ".0f"),
-        f"{r['parameters']:,}", check,
+        r["label"],
+        r.get("recipe", "-"),
+        r["setting"],
+        fmt_acc(r),
+        _selected(r),
+        str(r["test_episodes"]),
+        str(r["train_episodes"]),
+        str(r["train_steps"]),
+        str(r["episodes_per_step"]),
+        _fmt(r["train_time_s"], ".1f"),
+        _fmt(r.get("validation_time_s"), ".1f"),
+        _fmt(r["test_ms_per_episode"], ".1f"),
+        _fmt(r["peak_memory_mib"], ".0f"),
+        f"{r['parameters']:,}",
+        check,
     ]
 
 
@@ -81,60 +114,85 @@ def leaderboard_text(records: Sequence[Dict[str, Any]]) -> str:
 def budget_words(run: Dict[str, Any]) -> str:
     parts = []
     if run.get("budget_seconds") is not None:
-        parts.append(f"{run['budget_seconds']:g} s of training per method and setting (equal compute; "
-                     "validation and testing not counted)")
+        parts.append(
+            f"{run['budget_seconds']:g} s of training per method and setting (equal compute; "
+            "validation and testing not counted)"
+        )
     if run.get("train_episodes") is not None:
         parts.append(f"{run['train_episodes']:,} training episodes" + (" at most" if parts else ""))
     return ", ".join(parts)
 
 
-def leaderboard_markdown(run: Dict[str, Any], records: Sequence[Dict[str, Any]],
-                         checks: Dict[str, Dict[str, Any]]) -> str:
+def leaderboard_markdown(
+    run: Dict[str, Any], records: Sequence[Dict[str, Any]], checks: Dict[str, Dict[str, Any]]
+) -> str:
     """leaderboard.md: our results beside the published numbers, with the protocol."""
     ds = run["dataset"]
     out = io.StringIO()
     w = out.write
     code = run.get("code", {})
     w(f"# Benchmark: {ds}\n\n")
-    w(f"{run['test_episodes']} test episodes per setting, {run['queries']} queries per class, "
-      f"mean accuracy with the 95% confidence interval `1.96 * std / sqrt(episodes)`. "
-      f"Budget: {budget_words(run)}, on the `{run['train_split']}` split "
-      f"(one seeded stream per setting, consumed in order by every method but `mmnet-mixed`). ")
+    w(
+        f"{run['test_episodes']} test episodes per setting, {run['queries']} queries per class, "
+        f"mean accuracy with the 95% confidence interval `1.96 * std / sqrt(episodes)`. "
+        f"Budget: {budget_words(run)}, on the `{run['train_split']}` split "
+        f"(one seeded stream per setting, consumed in order by every method but `mmnet-mixed`). "
+    )
     v = run.get("validation") or {}
     if v.get("enabled"):
-        sched = (f"every {v['every_steps']} steps" if v.get("every_steps") else
-                 f"at {v['points']} evenly spaced points of the budget")
-        w(f"Validation on {v['episodes']} episodes of the `{v['split']}` split {sched} and at the end; the "
-          "accuracy column is the **test accuracy of the best-on-val weights** (the val column: their val "
-          "accuracy and where they were taken). ")
+        sched = (
+            f"every {v['every_steps']} steps"
+            if v.get("every_steps")
+            else f"at {v['points']} evenly spaced points of the budget"
+        )
+        w(
+            f"Validation on {v['episodes']} episodes of the `{v['split']}` split {sched} and at the end; the "
+            "accuracy column is the **test accuracy of the best-on-val weights** (the val column: their val "
+            "accuracy and where they were taken). "
+        )
     else:
         w("No validation: the last weights are tested. ")
-    w(f"Seed {run['seed']}, device {run['device']['type']} ({run['device']['name']}), "
-      f"commit {code.get('commit') or 'none'}{' (dirty)' if code.get('dirty') else ''}, "
-      f"source sha256 `{code.get('source_sha256', '-')}`.\n\n")
+    w(
+        f"Seed {run['seed']}, device {run['device']['type']} ({run['device']['name']}), "
+        f"commit {code.get('commit') or 'none'}{' (dirty)' if code.get('dirty') else ''}, "
+        f"source sha256 `{code.get('source_sha256', '-')}`.\n\n"
+    )
     if ds == "glyphs":
-        w("`glyphs` is the embedded synthetic stand-in for Omniglot: the published column shows "
-          "Omniglot numbers for orientation only; they are not comparable.\n\n")
-    w("| method | recipe | setting | ours: test accuracy % | published % (as reported) | val % @ selected "
-      "| test ep | train ep | steps | ep/step | train s | val s | test ms/ep | peak MiB | params | check |\n")
+        w(
+            "`glyphs` is the embedded synthetic stand-in for Omniglot: the published column shows "
+            "Omniglot numbers for orientation only; they are not comparable.\n\n"
+        )
+    w(
+        "| method | recipe | setting | ours: test accuracy % | published % (as reported) | val % @ selected "
+        "| test ep | train ep | steps | ep/step | train s | val s | test ms/ep | peak MiB | params | check |\n"
+    )
     w("|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     for r in records:
         pub = published_for(r["method"], ds, (r["ways"], r["shots"]))
-        pub_txt = "-" if pub is None else (
-            f"{pub[1]:.2f}" + (f" +- {pub[2]:.2f}" if pub[2] is not None else "") + f" ({pub[0]})")
+        pub_txt = (
+            "-"
+            if pub is None
+            else (f"{pub[1]:.2f}" + (f" +- {pub[2]:.2f}" if pub[2] is not None else "") + f" ({pub[0]})")
+        )
         c = _row(r)
         w(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]} | {pub_txt} | " + " | ".join(c[4:14]) + f" | {c[14]} |\n")
     w("\n## Episode fingerprints\n\n")
-    w("Fingerprints cover the split name, the sampler's chained hash of class ids and image indices, and a "
-      "SHA-256 of the decoded images. With a time budget the methods consumed different lengths of the same "
-      "stream; their training fingerprints are compared at the largest power-of-two episode count all reached.\n\n")
-    w("| setting | test fingerprint | test agree | training fingerprint (shared stream) | compared at episode "
-      "| training agree |\n")
+    w(
+        "Fingerprints cover the split name, the sampler's chained hash of class ids and image indices, and a "
+        "SHA-256 of the decoded images. With a time budget the methods consumed different lengths of the same "
+        "stream; their training fingerprints are compared at the largest power-of-two episode count all reached.\n\n"
+    )
+    w(
+        "| setting | test fingerprint | test agree | training fingerprint (shared stream) | compared at episode "
+        "| training agree |\n"
+    )
     w("|---|---|---|---|---:|---|\n")
     for setting, c in checks.items():
-        w(f"| {setting} | `{c['test_fingerprint'][:16]}` | {'yes' if c['test_fingerprints_agree'] else '**NO (error)**'} "
-          f"| `{(c['train_fingerprint'] or '-')[:16]}` | {c.get('train_compared_at_episodes') or '-'} "
-          f"| {'yes' if c['train_fingerprints_agree'] else '**NO (error)**'} |\n")
+        w(
+            f"| {setting} | `{c['test_fingerprint'][:16]}` | {'yes' if c['test_fingerprints_agree'] else '**NO (error)**'} "
+            f"| `{(c['train_fingerprint'] or '-')[:16]}` | {c.get('train_compared_at_episodes') or '-'} "
+            f"| {'yes' if c['train_fingerprints_agree'] else '**NO (error)**'} |\n"
+        )
     w("\n## Methods and recipes\n\n")
     seen = set()
     for r in records:
@@ -148,20 +206,32 @@ def leaderboard_markdown(run: Dict[str, Any], records: Sequence[Dict[str, Any]],
         if r["status"] == "ok":
             w(f" Hyperparameters: `{json.dumps(r['hyperparameters'])}`.")
         w("\n")
-    w("\nBatches: the recipe's episodes a step, shrunk by the budget rule (at least "
-      f"{run.get('min_steps')} optimiser steps; in seconds mode estimated from the second step's time per episode) "
-      "where it applies; the ep/step column is the batch used. Peak memory: " +
-      ("peak CUDA memory allocated during the job." if run["device"]["type"] == "cuda" else
-       "the peak resident memory the job added to the process (the kernel's high-water mark), including data "
-       "it was first to load.") + " Train s: seconds of training (drawing episodes and optimiser steps; "
-      "validation, fingerprints and checkpoints not counted), the quantity `--budget-seconds` fixes.\n")
+    w(
+        "\nBatches: the recipe's episodes a step, shrunk by the budget rule (at least "
+        f"{run.get('min_steps')} optimiser steps; in seconds mode estimated from the second step's time per episode) "
+        "where it applies; the ep/step column is the batch used. Peak memory: "
+        + (
+            "peak CUDA memory allocated during the job."
+            if run["device"]["type"] == "cuda"
+            else "the peak resident memory the job added to the process (the kernel's high-water mark), including data "
+            "it was first to load."
+        )
+        + " Train s: seconds of training (drawing episodes and optimiser steps; "
+        "validation, fingerprints and checkpoints not counted), the quantity `--budget-seconds` fixes.\n"
+    )
     t = run.get("timing")
     if t:
-        w(f"\nHarness overhead (this process): {t['harness_s']:.1f} s of {t['wall_s']:.1f} s wall "
-          f"({100 * t['harness_share']:.2f}%); training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, "
-          f"testing {t['test_s']:.1f} s, one-time library imports {t['imports_s']:.1f} s.\n")
+        w(
+            f"\nHarness overhead (this process): {t['harness_s']:.1f} s of {t['wall_s']:.1f} s wall "
+            f"({100 * t['harness_share']:.2f}%); training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, "
+            f"testing {t['test_s']:.1f} s, one-time library imports {t['imports_s']:.1f} s.\n"
+        )
     w("\n## Published numbers (as reported)\n\n")
-    w("| method | data set | " + " | ".join(format_setting(*s) for s in PUBLISHED_SETTINGS["omniglot"]) + " | source |\n")
+    w(
+        "| method | data set | "
+        + " | ".join(format_setting(*s) for s in PUBLISHED_SETTINGS["omniglot"])
+        + " | source |\n"
+    )
     w("|---|---|" + "---:|" * len(PUBLISHED_SETTINGS["omniglot"]) + "---|\n")
     for entry in PUBLISHED:
         for pds in ("omniglot", "miniimagenet"):
@@ -171,22 +241,54 @@ def leaderboard_markdown(run: Dict[str, Any], records: Sequence[Dict[str, Any]],
             cells = []
             for s in PUBLISHED_SETTINGS["omniglot"]:
                 val = vals.get(s)  # type: ignore[union-attr]
-                cells.append("-" if val is None else f"{val[0]:.2f}" + (f" +- {val[1]:.2f}" if val[1] is not None else ""))
+                cells.append(
+                    "-" if val is None else f"{val[0]:.2f}" + (f" +- {val[1]:.2f}" if val[1] is not None else "")
+                )
             w(f"| {entry['row']} | {pds} | " + " | ".join(cells) + f" | {entry['source']}: {entry['checked']} |\n")
     w("\nSources:\n\n")
     for k, val in SOURCES.items():
         w(f"- {k}: {val}\n")
-    w("\nThe paper's MM-Net rows are its mixed-strategy model (our `mmnet-mixed`); MM-Net- is trained "
-      "without it (our `mmnet`). Published figures come from the authors' own budgets, which the "
-      "MM-Net paper does not state; ours state theirs above.\n")
+    w(
+        "\nThe paper's MM-Net rows are its mixed-strategy model (our `mmnet-mixed`); MM-Net- is trained "
+        "without it (our `mmnet`). Published figures come from the authors' own budgets, which the "
+        "MM-Net paper does not state; ours state theirs above.\n"
+    )
     return out.getvalue()
 
 
-_CSV_FIELDS = ("method", "label", "recipe", "setting", "ways", "shots", "status", "accuracy", "ci95", "test_episodes",
-               "queries", "train_episodes", "train_steps", "episodes_per_step", "train_time_s", "validation_time_s",
-               "budget_seconds", "best_val_accuracy", "best_val_episodes", "best_val_seconds",
-               "train_episodes_per_s", "test_ms_per_episode", "peak_memory_mib", "parameters",
-               "train_fingerprint", "test_fingerprint", "shared_stream", "check", "error", "key", "source_sha256")
+_CSV_FIELDS = (
+    "method",
+    "label",
+    "recipe",
+    "setting",
+    "ways",
+    "shots",
+    "status",
+    "accuracy",
+    "ci95",
+    "test_episodes",
+    "queries",
+    "train_episodes",
+    "train_steps",
+    "episodes_per_step",
+    "train_time_s",
+    "validation_time_s",
+    "budget_seconds",
+    "best_val_accuracy",
+    "best_val_episodes",
+    "best_val_seconds",
+    "train_episodes_per_s",
+    "test_ms_per_episode",
+    "peak_memory_mib",
+    "parameters",
+    "train_fingerprint",
+    "test_fingerprint",
+    "shared_stream",
+    "check",
+    "error",
+    "key",
+    "source_sha256",
+)
 
 
 def results_csv(records: Sequence[Dict[str, Any]]) -> str:
@@ -196,8 +298,12 @@ def results_csv(records: Sequence[Dict[str, Any]]) -> str:
     for r in records:
         row = {k: r.get(k, "") for k in _CSV_FIELDS}
         b = r.get("best_val") or {}
-        row.update(best_val_accuracy=b.get("val_accuracy", ""), best_val_episodes=b.get("episodes", ""),
-                   best_val_seconds=b.get("seconds", ""), source_sha256=(r.get("code") or {}).get("source_sha256", ""))
+        row.update(
+            best_val_accuracy=b.get("val_accuracy", ""),
+            best_val_episodes=b.get("episodes", ""),
+            best_val_seconds=b.get("seconds", ""),
+            source_sha256=(r.get("code") or {}).get("source_sha256", ""),
+        )
         writer.writerow(row)
     return buf.getvalue()
 
@@ -238,8 +344,15 @@ def plot_png(run: Dict[str, Any], records: Sequence[Dict[str, Any]]) -> Optional
         ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, label=label)
     for j, setting in enumerate(settings):
         ways = next(r["ways"] for r in ok if r["setting"] == setting)
-        ax.hlines(100.0 / ways, j - 0.45, j + 0.45, colors="grey", linestyles="dashed", linewidth=1,
-                  label="chance" if j == 0 else None)
+        ax.hlines(
+            100.0 / ways,
+            j - 0.45,
+            j + 0.45,
+            colors="grey",
+            linestyles="dashed",
+            linewidth=1,
+            label="chance" if j == 0 else None,
+        )
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels(settings)
     ax.set_ylabel("test accuracy % (95% CI)")
@@ -294,16 +407,22 @@ def curves_png(run: Dict[str, Any], records: Sequence[Dict[str, Any]]) -> Option
     return buf.getvalue()
 
 
-def write_summaries(output: Path, run: Dict[str, Any], store: ResultStore, plot: bool = False) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+def write_summaries(
+    output: Path, run: Dict[str, Any], store: ResultStore, plot: bool = False
+) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Rewrite results.json, results.csv and leaderboard.md (and the plots) atomically."""
     records = store.current()
     checks = fingerprint_checks(records)
     run = dict(run, updated=utc_now())
     errors = [f"{r['method']} {r['setting']}: {r['error']}" for r in records if r["status"] != "ok"]
-    errors += [f"{r['method']} {r['setting']}: {r['check']}" for r in records
-               if r["status"] == "ok" and r.get("check", "ok") != "ok"]
-    atomic_write_json(output / "results.json",
-                      {"format": FORMAT, "run": run, "records": records, "checks": checks, "errors": errors})
+    errors += [
+        f"{r['method']} {r['setting']}: {r['check']}"
+        for r in records
+        if r["status"] == "ok" and r.get("check", "ok") != "ok"
+    ]
+    atomic_write_json(
+        output / "results.json", {"format": FORMAT, "run": run, "records": records, "checks": checks, "errors": errors}
+    )
     atomic_write_text(output / "results.csv", results_csv(records))
     atomic_write_text(output / "leaderboard.md", leaderboard_markdown(run, records, checks))
     if plot:

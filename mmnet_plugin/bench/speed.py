@@ -45,8 +45,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int, queries: int,
-            rounds: int, test_episodes: int, seed: int, profile: bool = False) -> Dict[str, Any]:
+def measure(
+    device: torch.device,
+    methods: Sequence[str],
+    ways: int,
+    shots: int,
+    queries: int,
+    rounds: int,
+    test_episodes: int,
+    seed: int,
+    profile: bool = False,
+) -> Dict[str, Any]:
     """Time every method on ``device``; returns per-method medians (ms per episode)."""
     train_ds = load_dataset("glyphs", split="train")
     test_ds = load_dataset("glyphs", split="test")
@@ -61,7 +70,7 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
         except MethodUnavailable as exc:
             errors[name] = str(exc)
             continue
-        ctx = MethodContext("glyphs", ways, shots, 1, image_size, device, 10 ** 6)  # large budget: full batches
+        ctx = MethodContext("glyphs", ways, shots, 1, image_size, device, 10**6)  # large budget: full batches
         ctxs[name] = ctx
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(derive_seed(seed, "init"))
@@ -79,7 +88,7 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(train_pool), bs):
-            m.train_step(train_pool[i:i + bs])
+            m.train_step(train_pool[i : i + bs])
         _sync(device)
         return (time.perf_counter() - t0) / len(train_pool)
 
@@ -100,7 +109,7 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
             test_round(m)
         names = list(built)
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for n in order:
                 times[n]["train"].append(train_round(built[n]))
                 times[n]["test"].append(test_round(built[n]))
@@ -115,18 +124,32 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
                 _sync(device)
             sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
             prof_table = prof.key_averages().table(sort_by=sort, row_limit=25)
-    out: Dict[str, Any] = {"device": device_description(device), "ways": ways, "shots": shots,
-                           "queries": queries, "image_size": image_size, "rounds": rounds,
-                           "train_pool": pool_size, "test_pool": test_episodes,
-                           "train_fingerprint": tr.fingerprint, "test_fingerprint": te.fingerprint,
-                           "methods": {}, "errors": errors}
+    out: Dict[str, Any] = {
+        "device": device_description(device),
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "image_size": image_size,
+        "rounds": rounds,
+        "train_pool": pool_size,
+        "test_pool": test_episodes,
+        "train_fingerprint": tr.fingerprint,
+        "test_fingerprint": te.fingerprint,
+        "methods": {},
+        "errors": errors,
+    }
     base = times.get("protonet")
     for n, t in times.items():
         tr_ms = 1000 * float(np.median(t["train"]))
         te_ms = 1000 * float(np.median(t["test"]))
-        row = {"label": METHODS[n].label, "episodes_per_step": built[n].episodes_per_step,
-               "train_ms_per_episode": tr_ms, "test_ms_per_episode": te_ms,
-               "train_ms_rounds": [1000 * v for v in t["train"]], "test_ms_rounds": [1000 * v for v in t["test"]]}
+        row = {
+            "label": METHODS[n].label,
+            "episodes_per_step": built[n].episodes_per_step,
+            "train_ms_per_episode": tr_ms,
+            "test_ms_per_episode": te_ms,
+            "train_ms_rounds": [1000 * v for v in t["train"]],
+            "test_ms_rounds": [1000 * v for v in t["test"]],
+        }
         if base is not None:
             row["train_ratio_to_protonet"] = tr_ms / (1000 * float(np.median(base["train"])))
             row["test_ratio_to_protonet"] = te_ms / (1000 * float(np.median(base["test"])))
@@ -139,34 +162,44 @@ def measure(device: torch.device, methods: Sequence[str], ways: int, shots: int,
 def report(res: Dict[str, Any]) -> str:
     dev = res["device"]
     alloc = f", allocator {dev['cpu_allocator']}" if "cpu_allocator" in dev else ""
-    lines = [f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads{alloc}): "
-             f"{res['ways']}-way {res['shots']}-shot, {res['queries']} queries/class, {res['image_size']}x"
-             f"{res['image_size']}, median of {res['rounds']} interleaved rounds over the same "
-             f"{res['train_pool']} training and {res['test_pool']} test episodes "
-             f"(fingerprints {res['train_fingerprint'][:16]} / {res['test_fingerprint'][:16]})"]
+    lines = [
+        f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads{alloc}): "
+        f"{res['ways']}-way {res['shots']}-shot, {res['queries']} queries/class, {res['image_size']}x"
+        f"{res['image_size']}, median of {res['rounds']} interleaved rounds over the same "
+        f"{res['train_pool']} training and {res['test_pool']} test episodes "
+        f"(fingerprints {res['train_fingerprint'][:16]} / {res['test_fingerprint'][:16]})"
+    ]
     head = f"{'method':36s} {'ep/step':>7s} {'train ms/ep':>12s} {'x ProtoNet':>10s} {'test ms/ep':>11s} {'x ProtoNet':>10s}"
     lines += [head, "-" * len(head)]
     for n, r in res["methods"].items():
-        lines.append(f"{r['label']:36s} {r['episodes_per_step']:7d} {r['train_ms_per_episode']:12.1f} "
-                     f"{r.get('train_ratio_to_protonet', float('nan')):10.2f} {r['test_ms_per_episode']:11.1f} "
-                     f"{r.get('test_ratio_to_protonet', float('nan')):10.2f}")
+        lines.append(
+            f"{r['label']:36s} {r['episodes_per_step']:7d} {r['train_ms_per_episode']:12.1f} "
+            f"{r.get('train_ratio_to_protonet', float('nan')):10.2f} {r['test_ms_per_episode']:11.1f} "
+            f"{r.get('test_ratio_to_protonet', float('nan')):10.2f}"
+        )
     for n, e in res["errors"].items():
         lines.append(f"{n}: FAILED: {e}")
     ms = res["methods"]
     if "mmnet" in ms and "protonet" in ms:
         ratio = ms["mmnet"]["train_ratio_to_protonet"]
-        lines.append(f"target MM-Net training step <= 1.5x ProtoNet's: {ratio:.2f}x -> "
-                     f"{'met' if ratio <= 1.5 else 'NOT met'}")
+        lines.append(
+            f"target MM-Net training step <= 1.5x ProtoNet's: {ratio:.2f}x -> {'met' if ratio <= 1.5 else 'NOT met'}"
+        )
     if "mmnet" in ms and "maml" in ms:
         a, b = ms["mmnet"]["train_ms_per_episode"], ms["maml"]["train_ms_per_episode"]
-        lines.append(f"target MM-Net training step faster than MAML's: {a:.1f} vs {b:.1f} ms/ep -> "
-                     f"{'met' if a < b else 'NOT met'}")
+        lines.append(
+            f"target MM-Net training step faster than MAML's: {a:.1f} vs {b:.1f} ms/ep -> "
+            f"{'met' if a < b else 'NOT met'}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmnet_plugin.bench.speed", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mmnet_plugin.bench.speed",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
     p.add_argument("--device", default="all", help="all (CPU, and CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--ways", type=positive_int, default=5)
@@ -175,9 +208,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds")
     p.add_argument("--test-episodes", type=positive_int, default=20, help="test episodes per round")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core); timings on a busy machine are "
-                        "only comparable with 1")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core); timings on a busy machine are "
+        "only comparable with 1",
+    )
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MM-Net step")
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
@@ -197,8 +234,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tune_cpu_allocator()
     results = []
     for device in devices:
-        res = measure(device, methods, args.ways, args.shots, args.queries, args.rounds,
-                      args.test_episodes, args.seed, args.profile)
+        res = measure(
+            device,
+            methods,
+            args.ways,
+            args.shots,
+            args.queries,
+            args.rounds,
+            args.test_episodes,
+            args.seed,
+            args.profile,
+        )
         results.append(res)
         print(report(res))
         if "mmnet_profile" in res:

@@ -29,8 +29,9 @@ class ResultStore:
     same configuration made by other code are counted in :attr:`other_code` and reused only
     with ``reuse_stale`` (then marked ``reused_stale_code``)."""
 
-    def __init__(self, output: Path, run_info: Dict[str, Any], run_key: str, config_key_nocode: str,
-                 reuse_stale: bool = False):
+    def __init__(
+        self, output: Path, run_info: Dict[str, Any], run_key: str, config_key_nocode: str, reuse_stale: bool = False
+    ):
         self.output = output
         self.records_dir = output / "records"
         self.run_info = run_info
@@ -66,8 +67,9 @@ class ResultStore:
     def conflicting(self, method: str, setting: str, key: str) -> List[Dict[str, Any]]:
         """Finished records of the same run configuration, method and setting whose method
         configuration differs (e.g. changed hyperparameters): they are not reused."""
-        return [r for r in self.records.values()
-                if r["method"] == method and r["setting"] == setting and r["key"] != key]
+        return [
+            r for r in self.records.values() if r["method"] == method and r["setting"] == setting and r["key"] != key
+        ]
 
     def retire(self, method: str, setting: str, key: str) -> List[Dict[str, Any]]:
         """Drop the :meth:`conflicting` records from this run's results (their files stay)."""
@@ -85,8 +87,9 @@ class ResultStore:
             name = f"{record['method']}__{record['setting']}__{record['key']}.json"
             atomic_write_json(self.records_dir / name, record)
         else:
-            self.failed = [f for f in self.failed
-                           if (f["method"], f["setting"]) != (record["method"], record["setting"])]
+            self.failed = [
+                f for f in self.failed if (f["method"], f["setting"]) != (record["method"], record["setting"])
+            ]
             self.failed.append(record)
 
     def current(self) -> List[Dict[str, Any]]:

@@ -71,8 +71,7 @@ class TensorBoardLog:
         if record.get("status") == "ok":
             for point in record.get("curve") or []:
                 self._writer.add_scalar("val/accuracy", float(point["val_accuracy"]), int(point["step"]))
-                self._writer.add_scalar("val/accuracy_by_episode", float(point["val_accuracy"]),
-                                        int(point["episodes"]))
+                self._writer.add_scalar("val/accuracy_by_episode", float(point["val_accuracy"]), int(point["episodes"]))
             self._writer.add_scalar("test/accuracy", float(record["accuracy"]), int(record.get("train_steps", 0)))
         self.close()
 

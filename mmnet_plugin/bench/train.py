@@ -47,12 +47,12 @@ def _choose_on_val(m: Method, val_ds: Any, stream: Dict[str, Any], device: torch
         candidates.append({"choice": dict(choice), "val_accuracy": acc, "val_ci95": ci})
     best = max(candidates, key=lambda c: round(c["val_accuracy"], 6))  # max keeps the first of equals
     m.set_choice(best["choice"])
-    return {"chosen": best["choice"], "candidates": candidates, "split": "val",
-            "seconds": time.perf_counter() - t0}
+    return {"chosen": best["choice"], "candidates": candidates, "split": "val", "seconds": time.perf_counter() - t0}
 
 
-def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
-           on_step: Optional[Callable[[int, float], None]] = None) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+def _train(
+    job: Job, train_ds: Any, val_ds: Any, progress: bool, on_step: Optional[Callable[[int, float], None]] = None
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Consume the job's training stream in the method's batch size until the budget is
     spent, validating on the val split when asked; return the stats and the best-on-val
     state (``None``: the last weights are the ones to test). ``on_step(step, loss)`` is
@@ -78,8 +78,13 @@ def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cap if budget_s is None else None, desc=f"{job.cls.name} {job.setting} train",
-                   unit="ep", leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=cap if budget_s is None else None,
+            desc=f"{job.cls.name} {job.setting} train",
+            unit="ep",
+            leave=False,
+            dynamic_ncols=True,
+        )
     steps, step_time, train_time, val_time, overhead = 0, 0.0, 0.0, 0.0, 0.0
     losses: List[float] = []
     marks: Dict[str, str] = {}
@@ -101,8 +106,13 @@ def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
         t0 = time.perf_counter()
         acc, ci = _validate(m, val_ds, job.val_stream, device)
         val_time += time.perf_counter() - t0
-        point = {"step": steps, "episodes": sampler.drawn, "seconds": round(train_time, 3),
-                 "val_accuracy": acc, "val_ci95": ci}
+        point = {
+            "step": steps,
+            "episodes": sampler.drawn,
+            "seconds": round(train_time, 3),
+            "val_accuracy": acc,
+            "val_ci95": ci,
+        }
         curve.append(point)
         if best is None or round(acc, 6) > round(best["val_accuracy"], 6):  # ties keep the earlier weights
             t1 = time.perf_counter()
@@ -143,8 +153,9 @@ def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
                 if cap is not None and estimate is not None:
                     estimate = min(estimate, cap)
                 m.batch_override = rule_batch(recipe_batch, estimate, run["min_steps"])
-                rule.update(probe_seconds_per_episode=per_episode, episode_budget=estimate,
-                            probe_steps="2 steps of 1 episode")
+                rule.update(
+                    probe_seconds_per_episode=per_episode, episode_budget=estimate, probe_steps="2 steps of 1 episode"
+                )
                 probing = False
             done = (cap is not None and sampler.drawn >= cap) or (budget_s is not None and train_time >= budget_s)
             if v["enabled"] and not done:
@@ -172,17 +183,27 @@ def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
     if best is not None and best_state is not None and best["step"] != steps:
         selected = best_state
     stats = {
-        "train_episodes": sampler.drawn, "train_steps": steps, "episodes_per_step": int(m.episodes_per_step),
-        "train_fingerprint": fp, "train_index_fingerprint": index_fp, "train_image_sha256": digest.hexdigest(),
+        "train_episodes": sampler.drawn,
+        "train_steps": steps,
+        "episodes_per_step": int(m.episodes_per_step),
+        "train_fingerprint": fp,
+        "train_index_fingerprint": index_fp,
+        "train_image_sha256": digest.hexdigest(),
         "train_fingerprint_marks": marks,
-        "train_time_s": train_time, "train_step_time_s": step_time,
-        "train_wall_s": time.perf_counter() - t_wall, "validation_time_s": val_time, "train_harness_s": overhead,
+        "train_time_s": train_time,
+        "train_step_time_s": step_time,
+        "train_wall_s": time.perf_counter() - t_wall,
+        "validation_time_s": val_time,
+        "train_harness_s": overhead,
         "train_episodes_per_s": sampler.drawn / step_time if step_time > 0 else float("nan"),
-        "train_loss_first": float(np.mean(losses[:k])), "train_loss_last": float(np.mean(losses[-k:])),
-        "stop_reason": stop_reason, "budget_rule": rule,
-        "curve": curve, "best_val": best,
-        "tested_weights": ("best-on-val" if v["enabled"] else "last") +
-                          (f" (step {best['step']} of {steps})" if best is not None else ""),
+        "train_loss_first": float(np.mean(losses[:k])),
+        "train_loss_last": float(np.mean(losses[-k:])),
+        "stop_reason": stop_reason,
+        "budget_rule": rule,
+        "curve": curve,
+        "best_val": best,
+        "tested_weights": ("best-on-val" if v["enabled"] else "last")
+        + (f" (step {best['step']} of {steps})" if best is not None else ""),
     }
     return stats, selected
 
@@ -190,8 +211,15 @@ def _train(job: Job, train_ds: Any, val_ds: Any, progress: bool,
 _POW2 = frozenset(1 << i for i in range(40))
 
 
-def run_job(job: Job, train_ds: Any, val_ds: Any, test_ds: Any, output: Path, progress: bool,
-            on_step: Optional[Callable[[int, float], None]] = None) -> Dict[str, Any]:
+def run_job(
+    job: Job,
+    train_ds: Any,
+    val_ds: Any,
+    test_ds: Any,
+    output: Path,
+    progress: bool,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> Dict[str, Any]:
     """Train (or load a finished training's checkpoint) and test one (method, setting).
 
     Raises:
@@ -237,26 +265,51 @@ def run_job(job: Job, train_ds: Any, val_ds: Any, test_ds: Any, output: Path, pr
                 stats["checkpoint_s"] = time.perf_counter() - t0
             test = _Digesting(stream_sampler(test_ds, job.test_stream, job.test_stream["episodes"]))
             t0 = time.perf_counter()
-            result = evaluate(m.predictor(), test, device=device, progress=progress,
-                              desc=f"{job.cls.name} {job.setting} test")
+            result = evaluate(
+                m.predictor(), test, device=device, progress=progress, desc=f"{job.cls.name} {job.setting} test"
+            )
             test_s = time.perf_counter() - t0 - test.seconds
     acc = np.asarray(result.per_episode)
     return {
-        "status": "ok", "method": job.cls.name, "label": m.display_label(), "notes": job.cls.notes,
-        "recipe": job.recipe, "recipe_info": m.recipe_info(),
-        "setting": job.setting, "ways": job.ways, "shots": job.shots,
-        "accuracy": result.accuracy, "ci95": result.ci95, "accuracy_std": float(acc.std()),
-        "test_episodes": result.episodes, "queries": result.queries_per_class,
+        "status": "ok",
+        "method": job.cls.name,
+        "label": m.display_label(),
+        "notes": job.cls.notes,
+        "recipe": job.recipe,
+        "recipe_info": m.recipe_info(),
+        "setting": job.setting,
+        "ways": job.ways,
+        "shots": job.shots,
+        "accuracy": result.accuracy,
+        "ci95": result.ci95,
+        "accuracy_std": float(acc.std()),
+        "test_episodes": result.episodes,
+        "queries": result.queries_per_class,
         "test_fingerprint": stream_fingerprint("test", result.fingerprint, test.digest.hexdigest()),
-        "test_index_fingerprint": result.fingerprint, "test_image_sha256": test.digest.hexdigest(),
-        "test_ms_per_episode": result.ms_per_episode, "test_time_s": test_s, "test_harness_s": test.seconds,
+        "test_index_fingerprint": result.fingerprint,
+        "test_image_sha256": test.digest.hexdigest(),
+        "test_ms_per_episode": result.ms_per_episode,
+        "test_time_s": test_s,
+        "test_harness_s": test.seconds,
         **stats,
-        "budget_seconds": job.run["budget_seconds"], "shared_stream": job.shared_stream,
-        "peak_memory_mib": mem.mib, "memory_kind": mem.kind, "parameters": m.parameters(),
-        "hyperparameters": job.hyperparameters, "train_stream": job.train_stream,
-        "test_stream": job.test_stream, "val_stream": job.val_stream, "init_seed": job.init_seed,
-        "key": job.key, "key_nocode": job.key_nocode, "train_key": job.train_key, "run_key": job.run["run_key"],
-        "config_key": job.run["config_key"], "code": job.run["code"], "job_wall_s": time.perf_counter() - t_job,
+        "budget_seconds": job.run["budget_seconds"],
+        "shared_stream": job.shared_stream,
+        "peak_memory_mib": mem.mib,
+        "memory_kind": mem.kind,
+        "parameters": m.parameters(),
+        "hyperparameters": job.hyperparameters,
+        "train_stream": job.train_stream,
+        "test_stream": job.test_stream,
+        "val_stream": job.val_stream,
+        "init_seed": job.init_seed,
+        "key": job.key,
+        "key_nocode": job.key_nocode,
+        "train_key": job.train_key,
+        "run_key": job.run["run_key"],
+        "config_key": job.run["config_key"],
+        "code": job.run["code"],
+        "job_wall_s": time.perf_counter() - t_job,
         "load_average": {"start": load_start, "end": load_average()},
-        "finished_at": utc_now(), "check": "ok",
+        "finished_at": utc_now(),
+        "check": "ok",
     }

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["FewShotDataset", "TensorFewShotDataset", "as_episode_source", "resolve_data_root", "DataNotFoundError", "DataCorruptError"]
+__all__ = [
+    "FewShotDataset",
+    "TensorFewShotDataset",
+    "as_episode_source",
+    "resolve_data_root",
+    "DataNotFoundError",
+    "DataCorruptError",
+]
 
 
 class DataNotFoundError(FileNotFoundError):

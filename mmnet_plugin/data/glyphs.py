@@ -171,8 +171,14 @@ class _Template:
 
     __slots__ = ("points", "stroke_of_point", "to_cubic", "piece_valid", "n_strokes")
 
-    def __init__(self, points: np.ndarray, stroke_of_point: np.ndarray, to_cubic: np.ndarray,
-                 piece_valid: np.ndarray, n_strokes: int) -> None:
+    def __init__(
+        self,
+        points: np.ndarray,
+        stroke_of_point: np.ndarray,
+        to_cubic: np.ndarray,
+        piece_valid: np.ndarray,
+        n_strokes: int,
+    ) -> None:
         self.points = points
         self.stroke_of_point = stroke_of_point
         self.to_cubic = to_cubic
@@ -183,8 +189,16 @@ class _Template:
 _LOCAL_CUBIC = {
     "line": np.array([[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], dtype=np.float64),
     "corner": np.array(
-        [[1, 0, 0], [2 / 3, 1 / 3, 0], [1 / 3, 2 / 3, 0], [0, 1, 0],
-         [0, 1, 0], [0, 2 / 3, 1 / 3], [0, 1 / 3, 2 / 3], [0, 0, 1]],
+        [
+            [1, 0, 0],
+            [2 / 3, 1 / 3, 0],
+            [1 / 3, 2 / 3, 0],
+            [0, 1, 0],
+            [0, 1, 0],
+            [0, 2 / 3, 1 / 3],
+            [0, 1 / 3, 2 / 3],
+            [0, 0, 1],
+        ],
         dtype=np.float64,
     ),
     "quad": np.array([[1, 0, 0], [1 / 3, 2 / 3, 0], [0, 2 / 3, 1 / 3], [0, 0, 1]], dtype=np.float64),
@@ -211,7 +225,7 @@ def _make_template(u: Sequence[float]) -> _Template:
     piece_valid = np.zeros(_MAX_PIECES, dtype=bool)
     n_pts = n_pieces = 0
     for s in range(n_strokes):
-        v = u[1 + _T_PER_STROKE * s: 1 + _T_PER_STROKE * (s + 1)]
+        v = u[1 + _T_PER_STROKE * s : 1 + _T_PER_STROKE * (s + 1)]
         kind = _KINDS[_pick(v[0], _KIND_P)]
         k = _KIND_POINTS[kind]
         if s > 0 and v[1] < _ATTACH_P:
@@ -225,11 +239,11 @@ def _make_template(u: Sequence[float]) -> _Template:
             x = min(1.0, max(0.0, x + step * math.cos(angle)))
             y = min(1.0, max(0.0, y + step * math.sin(angle)))
             points[n_pts + i] = (x, y)
-        stroke_of_point[n_pts:n_pts + k] = s
+        stroke_of_point[n_pts : n_pts + k] = s
         local = _LOCAL_CUBIC[kind]
         pieces = _KIND_PIECES[kind]
-        to_cubic[4 * n_pieces:4 * (n_pieces + pieces), n_pts:n_pts + k] = local
-        piece_valid[n_pieces:n_pieces + pieces] = True
+        to_cubic[4 * n_pieces : 4 * (n_pieces + pieces), n_pts : n_pts + k] = local
+        piece_valid[n_pieces : n_pieces + pieces] = True
         n_pts += k
         n_pieces += pieces
     # centre the drawn curve (not the control polygon); scale its larger side to the extent
@@ -262,8 +276,14 @@ _BERNSTEIN_24 = _bernstein(np.linspace(0.0, 1.0, 24))
 
 
 # ====================================================================== rendering
-def _render(seed: int, templates: Sequence[_Template], global_classes: np.ndarray, slot: np.ndarray,
-            images: np.ndarray, size: int) -> np.ndarray:
+def _render(
+    seed: int,
+    templates: Sequence[_Template],
+    global_classes: np.ndarray,
+    slot: np.ndarray,
+    images: np.ndarray,
+    size: int,
+) -> np.ndarray:
     """Render rows ``(templates[slot[i]], images[i])``; float32 ``[B, size, size]``."""
     b = len(slot)
     pts0 = np.stack([t.points for t in templates])[slot]  # [B, P, 2]
@@ -276,8 +296,11 @@ def _render(seed: int, templates: Sequence[_Template], global_classes: np.ndarra
     pu = u[:, _U_POINTS:].reshape(b, _MAX_POINTS, 4)
     su = u[:, _U_STROKES:_U_POINTS].reshape(b, _MAX_STROKES, 4)
     stroke_shift = _normals(su[..., 0::2], su[..., 1::2]) * _STROKE_SHIFT  # [B, strokes, 2]
-    pts = (pts0 + _normals(pu[..., 0::2], pu[..., 1::2]) * _CTRL_NOISE
-           + np.take_along_axis(stroke_shift, stroke_of[..., None], axis=1))
+    pts = (
+        pts0
+        + _normals(pu[..., 0::2], pu[..., 1::2]) * _CTRL_NOISE
+        + np.take_along_axis(stroke_shift, stroke_of[..., None], axis=1)
+    )
     ctrl = np.matmul(to_cubic, pts)  # [B, 4Q, 2]
 
     # --- affine jitter about the centre
@@ -328,14 +351,22 @@ def _render(seed: int, templates: Sequence[_Template], global_classes: np.ndarra
     out = np.empty((b, size, size), dtype=np.float32)
     for run_lo, run_hi in zip(run_starts.tolist(), run_ends.tolist()):
         for lo in range(run_lo, run_hi, _SPLAT_GROUP):
-            group = order[lo:min(lo + _SPLAT_GROUP, run_hi)]
-            out[group] = _splat_group(samples, weight, first_sample[group], per_image[group],
-                                      int(padded[group[0]]), sigma[group], size)
+            group = order[lo : min(lo + _SPLAT_GROUP, run_hi)]
+            out[group] = _splat_group(
+                samples, weight, first_sample[group], per_image[group], int(padded[group[0]]), sigma[group], size
+            )
     return out
 
 
-def _splat_group(samples: np.ndarray, weight: np.ndarray, first: np.ndarray, cnt: np.ndarray,
-                 n_max: int, sigma: np.ndarray, size: int) -> np.ndarray:
+def _splat_group(
+    samples: np.ndarray,
+    weight: np.ndarray,
+    first: np.ndarray,
+    cnt: np.ndarray,
+    n_max: int,
+    sigma: np.ndarray,
+    size: int,
+) -> np.ndarray:
     """Gather a group's samples into padded ``[2, G, n_max]`` arrays and draw them."""
     row = np.repeat(np.arange(len(cnt)), cnt)
     col = np.arange(len(row)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
@@ -362,7 +393,7 @@ def _splat(xy: np.ndarray, ws: np.ndarray, sigma: np.ndarray, size: int) -> np.n
     grid = np.arange(size, dtype=np.float32)
     g = grid - xy[..., None]  # [2, B, N, S]
     np.square(g, out=g)
-    g *= (-0.5 / sigma ** 2).astype(np.float32)[None, :, None, None]
+    g *= (-0.5 / sigma**2).astype(np.float32)[None, :, None, None]
     np.exp(g, out=g)
     g[1] *= ws[:, :, None]
     # density = G_y^T diag(w) G_x / (sigma sqrt(2 pi))
@@ -547,7 +578,7 @@ class Glyphs(FewShotDataset):
         per_call = max(1, _RENDER_CHUNK // self.images_per_class)
         ipc = self.images_per_class
         for lo in range(0, len(missing), per_call):
-            block = missing[lo:lo + per_call]
+            block = missing[lo : lo + per_call]
             gids = np.repeat(self.class_ids[block], ipc)
             js = np.tile(np.arange(ipc, dtype=np.int64), len(block))
             ink = render_glyph_images(self.seed, gids, js, self.image_size)
@@ -577,8 +608,9 @@ def _check_int(value: object, name: str, lo: int, hi: int) -> int:
 
 
 # ====================================================================== the 1-NN baseline
-def nearest_neighbour_accuracy(dataset: FewShotDataset, episodes: int = 500, ways: int = 5, shots: int = 1,
-                               queries: int = 15, seed: int = 0) -> float:
+def nearest_neighbour_accuracy(
+    dataset: FewShotDataset, episodes: int = 500, ways: int = 5, shots: int = 1, queries: int = 15, seed: int = 0
+) -> float:
     """Raw-pixel 1-nearest-neighbour accuracy (Euclidean on flattened pixels) on episodes.
 
     Args:
@@ -629,12 +661,17 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:  # pragma: no cover - co
     t0, c0 = time.perf_counter(), time.process_time()
     ds.materialize()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    acc = nearest_neighbour_accuracy(ds, episodes=args.episodes, ways=args.ways, shots=args.shots,
-                                     queries=args.queries, seed=args.sampler_seed)
-    print(f"{ds!r}: generated {len(ds)} images in {dt:.2f} s wall, {cpu:.2f} s CPU "
-          f"({len(ds) / dt:,.0f} images/s wall, {len(ds) / max(cpu, 1e-9):,.0f} images/s CPU)")
-    print(f"raw-pixel 1-NN, {args.ways}-way {args.shots}-shot, {args.queries} queries, "
-          f"{args.episodes} episodes (sampler seed {args.sampler_seed}): {acc:.1%}")
+    acc = nearest_neighbour_accuracy(
+        ds, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.sampler_seed
+    )
+    print(
+        f"{ds!r}: generated {len(ds)} images in {dt:.2f} s wall, {cpu:.2f} s CPU "
+        f"({len(ds) / dt:,.0f} images/s wall, {len(ds) / max(cpu, 1e-9):,.0f} images/s CPU)"
+    )
+    print(
+        f"raw-pixel 1-NN, {args.ways}-way {args.shots}-shot, {args.queries} queries, "
+        f"{args.episodes} episodes (sampler seed {args.sampler_seed}): {acc:.1%}"
+    )
     return 0
 
 

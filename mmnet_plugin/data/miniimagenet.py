@@ -222,16 +222,22 @@ def _load_split(
             f"{shown}{' ...' if len(bad) > _MAX_LISTED else ''}. Replace them from the original source."
         )
     try:
-        _cache.save_arrays(cache_file, {
-            "images": images,
-            "filenames": np.asarray(filenames, dtype=str),
-            "key": np.asarray(key),
-        })
+        _cache.save_arrays(
+            cache_file,
+            {
+                "images": images,
+                "filenames": np.asarray(filenames, dtype=str),
+                "key": np.asarray(key),
+            },
+        )
         written: Optional[Path] = cache_file
     except OSError as exc:
-        warnings.warn(f"could not write the miniImageNet cache {cache_file} ({exc}); the next load "
-                      "decodes the images again (set MMNET_CACHE_DIR to a writable folder)",
-                      _cache.CacheWarning, stacklevel=3)
+        warnings.warn(
+            f"could not write the miniImageNet cache {cache_file} ({exc}); the next load "
+            "decodes the images again (set MMNET_CACHE_DIR to a writable folder)",
+            _cache.CacheWarning,
+            stacklevel=3,
+        )
         written = None
     return _SplitImages(filenames, labels, images, written)
 
@@ -317,5 +323,7 @@ class MiniImageNet(FewShotDataset):
         return self._images[torch.from_numpy(idx)].float().div_(255.0)
 
     def __repr__(self) -> str:
-        return (f"MiniImageNet(split={self.split!r}, classes={self.num_classes}, items={len(self)}, "
-                f"image_size={self.image_size}, root={str(self.root)!r})")
+        return (
+            f"MiniImageNet(split={self.split!r}, classes={self.num_classes}, items={len(self)}, "
+            f"image_size={self.image_size}, root={str(self.root)!r})"
+        )

@@ -171,8 +171,10 @@ def _list_zip(source: _Source) -> Tuple[List[Tuple[str, str]], zipfile.ZipFile]:
     try:
         zf = zipfile.ZipFile(source.path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataCorruptError(f"{source.label}: not a readable zip archive ({exc}); download it again from "
-                               f"{URLS.get(source.name, 'the official site')}") from None
+        raise DataCorruptError(
+            f"{source.label}: not a readable zip archive ({exc}); download it again from "
+            f"{URLS.get(source.name, 'the official site')}"
+        ) from None
     entries = []
     for info in zf.infolist():
         check_member_name(info.filename, source.label)
@@ -193,7 +195,7 @@ def _list_dir(source: _Source) -> List[Tuple[str, str]]:
 
 
 def _strip_prefix(rel: str, prefix: str) -> str:
-    return rel[len(prefix) + 1:] if rel.startswith(prefix + "/") else rel
+    return rel[len(prefix) + 1 :] if rel.startswith(prefix + "/") else rel
 
 
 def _clean_error(exc: BaseException) -> str:
@@ -289,8 +291,9 @@ def decode_omniglot_archive(
                 problems.append(f"character {n} has {len(chars[n])} images, expected {images_per_character}")
         if not names:
             problems.append("no character images found")
-        hint = (f"The data is incomplete or damaged: download it again from "
-                f"{URLS.get(stem, 'the official Omniglot site')}.")
+        hint = (
+            f"The data is incomplete or damaged: download it again from {URLS.get(stem, 'the official Omniglot site')}."
+        )
         if problems:
             raise _problems_error(source.label, problems, hint)
 
@@ -336,8 +339,10 @@ class OmniglotImages(NamedTuple):
 
 def _cache_key(sources: Sequence[_Source], image_size: int) -> str:
     h = hashlib.sha256()
-    h.update(f"omniglot|format{_cache.CACHE_FORMAT}|{image_size}|{RESAMPLE}|{IMAGES_PER_CHARACTER}|"
-             f"{sorted(EXPECTED_COUNTS.items())}|{SOURCE_SIZE}".encode())
+    h.update(
+        f"omniglot|format{_cache.CACHE_FORMAT}|{image_size}|{RESAMPLE}|{IMAGES_PER_CHARACTER}|"
+        f"{sorted(EXPECTED_COUNTS.items())}|{SOURCE_SIZE}".encode()
+    )
     for s in sources:
         h.update(f"|{s.name}|{s.fingerprint()}".encode())
     return h.hexdigest()
@@ -357,8 +362,9 @@ def _load_store(
         elif imgs.dtype != np.uint8 or imgs.shape != expected_shape or coll.shape != (len(chars),):
             _cache.discard(cache_file, f"images are {imgs.dtype} {imgs.shape}, expected uint8 {expected_shape}")
         else:
-            return OmniglotImages([str(c) for c in chars.tolist()], coll.astype(np.int64),
-                                  torch.from_numpy(imgs), cache_file)
+            return OmniglotImages(
+                [str(c) for c in chars.tolist()], coll.astype(np.int64), torch.from_numpy(imgs), cache_file
+            )
 
     all_chars: List[str] = []
     parts: List[np.ndarray] = []
@@ -366,7 +372,10 @@ def _load_store(
     for idx, s in enumerate(sources):
         n_alpha, n_char = EXPECTED_COUNTS.get(s.name, (None, None))
         chars, imgs = decode_omniglot_archive(
-            s.path, image_size, expected_alphabets=n_alpha, expected_characters=n_char,
+            s.path,
+            image_size,
+            expected_alphabets=n_alpha,
+            expected_characters=n_char,
         )
         all_chars += chars
         parts.append(imgs)
@@ -383,17 +392,23 @@ def _load_store(
             "images_background and images_evaluation must hold different alphabets"
         )
     try:
-        _cache.save_arrays(cache_file, {
-            "images": images,
-            "characters": np.asarray(all_chars, dtype=str),
-            "collection": collection,
-            "key": np.asarray(key),
-        })
+        _cache.save_arrays(
+            cache_file,
+            {
+                "images": images,
+                "characters": np.asarray(all_chars, dtype=str),
+                "collection": collection,
+                "key": np.asarray(key),
+            },
+        )
         written: Optional[Path] = cache_file
     except OSError as exc:
-        warnings.warn(f"could not write the Omniglot cache {cache_file} ({exc}); the next load "
-                      "decodes the archives again (set MMNET_CACHE_DIR to a writable folder)",
-                      _cache.CacheWarning, stacklevel=3)
+        warnings.warn(
+            f"could not write the Omniglot cache {cache_file} ({exc}); the next load "
+            "decodes the archives again (set MMNET_CACHE_DIR to a writable folder)",
+            _cache.CacheWarning,
+            stacklevel=3,
+        )
         written = None
     return OmniglotImages(all_chars, collection, torch.from_numpy(images), written)
 
@@ -493,8 +508,10 @@ class Omniglot(FewShotDataset):
         rotations: Optional[Sequence[int]] = None,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)} "
-                             "(train/val/test/trainval: Vinyals, background/evaluation: Lake)")
+            raise ValueError(
+                f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)} "
+                "(train/val/test/trainval: Vinyals, background/evaluation: Lake)"
+            )
         self.split = split
         self.image_size = _check_image_size(image_size)
         rot = self._check_rotations(rotations)
@@ -532,9 +549,7 @@ class Omniglot(FewShotDataset):
 
         names = [store.characters[c] for c, _ in classes]
         self.class_character: List[str] = names
-        self.class_names: List[str] = [
-            f"{n}/rot{d:03d}" if with_suffix else n for n, (_, d) in zip(names, classes)
-        ]
+        self.class_names: List[str] = [f"{n}/rot{d:03d}" if with_suffix else n for n, (_, d) in zip(names, classes)]
         alpha_of = [n.split("/")[0] for n in names]
         self.alphabets: List[str] = list(dict.fromkeys(alpha_of))
         a_index = {a: i for i, a in enumerate(self.alphabets)}
@@ -558,9 +573,7 @@ class Omniglot(FewShotDataset):
             raise ValueError(f"rotations must be a sequence of degrees from {ROTATIONS}; got {rotations!r}") from None
         bad = [r for r in rot if r not in ROTATIONS]
         if not rot or bad or len(set(rot)) != len(rot):
-            raise ValueError(
-                f"rotations must be distinct degrees from {ROTATIONS} (at least one); got {rotations!r}"
-            )
+            raise ValueError(f"rotations must be distinct degrees from {ROTATIONS} (at least one); got {rotations!r}")
         return rot
 
     @staticmethod
@@ -619,5 +632,7 @@ class Omniglot(FewShotDataset):
         return x
 
     def __repr__(self) -> str:
-        return (f"Omniglot(split={self.split!r}, classes={self.num_classes}, items={len(self)}, "
-                f"image_size={self.image_size}, root={str(self.root)!r})")
+        return (
+            f"Omniglot(split={self.split!r}, classes={self.num_classes}, items={len(self)}, "
+            f"image_size={self.image_size}, root={str(self.root)!r})"
+        )

@@ -27,6 +27,7 @@ __all__ = ["INSTALL_HINTS", "FRAMEWORKS"]
 #: The import name of each supported framework.
 FRAMEWORKS = ("learn2learn", "torchmeta", "easyfsl")
 
+
 def _learn2learn_hint() -> str:
     # learn2learn 0.2.0 is an sdist whose shipped C files predate Python 3.11: a plain
     # `pip install learn2learn` (or an extra naming it) fails to build there, so say what works.

@@ -123,9 +123,7 @@ def patch_easyfsl(allow_unknown_version: bool = False) -> Tuple[str, ...]:
                 pass
 
         _DataSourceSampler.__module__ = __name__
-        sampler_cls.__bases__ = tuple(
-            _DataSourceSampler if b is torch_sampler else b for b in sampler_cls.__bases__
-        )
+        sampler_cls.__bases__ = tuple(_DataSourceSampler if b is torch_sampler else b for b in sampler_cls.__bases__)
         applied.append(_PATCH_SAMPLER)
     _STATE["patched"] = True
     return tuple(applied)
@@ -149,7 +147,9 @@ def episode_from_easyfsl(batch: Any) -> Episode:
             class ids not one per way); the message names the convention.
     """
     if not isinstance(batch, (list, tuple)) or len(batch) not in (4, 5):
-        got = f"a {len(batch)}-item {type(batch).__name__}" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        got = (
+            f"a {len(batch)}-item {type(batch).__name__}" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        )
         raise ValueError(
             f"easyfsl task must be the 5-tuple (support_images, support_labels, query_images, "
             f"query_labels, class_ids) of {_COLLATE}; got {got}. Build the loader as "
@@ -248,8 +248,9 @@ def _build_mmnet_classifier() -> type:
                 :class:`mmnet_plugin.models.MMNet` for bad arguments.
         """
 
-        def __init__(self, model: Optional[torch.nn.Module] = None, use_softmax: bool = False,
-                     **mmnet_kwargs: Any) -> None:
+        def __init__(
+            self, model: Optional[torch.nn.Module] = None, use_softmax: bool = False, **mmnet_kwargs: Any
+        ) -> None:
             if model is not None and mmnet_kwargs:
                 raise ValueError("give either an MMNet model or its constructor arguments, not both")
             super().__init__(use_softmax=use_softmax)
@@ -270,16 +271,14 @@ def _build_mmnet_classifier() -> type:
             """
             if not isinstance(support_labels, torch.Tensor) or support_labels.dim() != 1:
                 raise ValueError(
-                    "easyfsl support_labels must be a 1-D tensor [n_support] of labels 0..n_way-1, "
-                    f"as {_COLLATE} gives"
+                    f"easyfsl support_labels must be a 1-D tensor [n_support] of labels 0..n_way-1, as {_COLLATE} gives"
                 )
             try:
                 # Validate with the episode contract (the queries are not known yet).
                 Episode(support_images, support_labels, support_images[:1])
             except ValueError as exc:
                 raise ValueError(
-                    f"easyfsl support set breaks the convention of {_COLLATE} (labels 0..n_way-1, "
-                    f"one per image): {exc}"
+                    f"easyfsl support set breaks the convention of {_COLLATE} (labels 0..n_way-1, one per image): {exc}"
                 ) from exc
             self.support_images = support_images
             self.support_labels = support_labels

@@ -72,8 +72,7 @@ def _unpack(task: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(task, dict) or not isinstance(task, (list, tuple)) or len(task) < 2:
         raise ValueError(
             f"learn2learn task must be a (data, labels) pair as TaskDataset.sample() returns it; "
-            f"got {type(task).__name__}"
-            + (f" of length {len(task)}" if isinstance(task, (list, tuple)) else "")
+            f"got {type(task).__name__}" + (f" of length {len(task)}" if isinstance(task, (list, tuple)) else "")
         )
     if len(task) > 2:
         raise ValueError(

@@ -166,9 +166,7 @@ def patch_torchmeta(allow_unknown_version: bool = False) -> Tuple[str, ...]:
     try:
         importlib.import_module("torchmeta")
     except ImportError as exc:
-        raise ImportError(
-            f"torchmeta {version} still does not import after patch_torchmeta(): {exc}"
-        ) from exc
+        raise ImportError(f"torchmeta {version} still does not import after patch_torchmeta(): {exc}") from exc
     _STATE["patched"] = True
     return tuple(applied)
 
@@ -322,8 +320,15 @@ def _build_classes() -> None:
     class _FewShotClassItems(tm_data.Dataset):
         """The items of one class, as torchmeta's per-class ``Dataset``."""
 
-        def __init__(self, index: int, source: Any, items: np.ndarray, class_id: int,
-                     transform: Any = None, target_transform: Any = None) -> None:
+        def __init__(
+            self,
+            index: int,
+            source: Any,
+            items: np.ndarray,
+            class_id: int,
+            transform: Any = None,
+            target_transform: Any = None,
+        ) -> None:
             super().__init__(index, transform=transform, target_transform=target_transform)
             self.source = source
             self.items = items
@@ -363,8 +368,13 @@ def _build_classes() -> None:
             ValueError: if ``dataset`` has no ``targets``/``load`` or an empty class.
         """
 
-        def __init__(self, dataset: Any, meta_split: Optional[str] = None, transform: Any = None,
-                     class_augmentations: Optional[list] = None) -> None:
+        def __init__(
+            self,
+            dataset: Any,
+            meta_split: Optional[str] = None,
+            transform: Any = None,
+            class_augmentations: Optional[list] = None,
+        ) -> None:
             if not hasattr(dataset, "targets") or not hasattr(dataset, "load"):
                 raise ValueError(
                     f"{type(dataset).__name__} has no `targets` and `load(indices)`; wrap it with "

@@ -110,7 +110,7 @@ class ContextualLearner(nn.Module):
         self.sync_free = sync_free
         self.norm: Optional[nn.LayerNorm] = nn.LayerNorm(self.dm) if self.input_norm else None
         self.lstm = nn.LSTM(self.dm, self.dr, batch_first=True, bidirectional=True)
-        self.tp = nn.Linear(self.dr, self.channels * self.kernel_size ** 2, bias=self.static_bias)
+        self.tp = nn.Linear(self.dr, self.channels * self.kernel_size**2, bias=self.static_bias)
         with torch.no_grad():
             self.tp.weight.mul_(self.filter_init_scale)
             if self.tp.bias is not None:
@@ -119,7 +119,7 @@ class ContextualLearner(nn.Module):
     @property
     def dw(self) -> int:
         """Number of predicted parameters per episode, ``Dw = channels * k * k``."""
-        return self.channels * self.kernel_size ** 2
+        return self.channels * self.kernel_size**2
 
     def encode(self, keys: torch.Tensor, n_used: torch.Tensor) -> torch.Tensor:
         """Sum of the final forward and backward hidden states, ``[B, Dr]``.
@@ -144,7 +144,7 @@ class ContextualLearner(nn.Module):
         if int(lengths.min()) < 1:
             raise ValueError("n_used must give at least one used slot for every episode")
         packed = pack_padded_sequence(keys, lengths, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)        # h_n: [2, B, Dr] in the input's batch order
+        _, (h_n, _) = self.lstm(packed)  # h_n: [2, B, Dr] in the input's batch order
         return h_n[0] + h_n[1]
 
     def _encode_padded(self, keys: torch.Tensor, n_used: torch.Tensor) -> torch.Tensor:
@@ -156,16 +156,16 @@ class ContextualLearner(nn.Module):
         the packed LSTM does.
         """
         b, m, _ = keys.shape
-        n = n_used.to(keys.device, torch.long).clamp(1, m)                       # [B]
-        pos = torch.arange(m, device=keys.device).unsqueeze(0)                   # [1, M]
-        shift = (m - n).unsqueeze(1)                                             # [B, 1]
-        src = (pos - shift).clamp_min(0)                                         # right-aligned source slot
+        n = n_used.to(keys.device, torch.long).clamp(1, m)  # [B]
+        pos = torch.arange(m, device=keys.device).unsqueeze(0)  # [1, M]
+        shift = (m - n).unsqueeze(1)  # [B, 1]
+        src = (pos - shift).clamp_min(0)  # right-aligned source slot
         right = keys.gather(1, src.unsqueeze(2).expand_as(keys))
         right = right * (pos >= shift).unsqueeze(2).to(keys.dtype)
-        out, _ = self.lstm(torch.cat([keys, right]))                             # [2B, M, 2 Dr]
+        out, _ = self.lstm(torch.cat([keys, right]))  # [2B, M, 2 Dr]
         rows = torch.arange(b, device=keys.device)
         forward = out[rows, n - 1, : self.dr]
-        backward = out[b + rows, m - n, self.dr:]
+        backward = out[b + rows, m - n, self.dr :]
         return forward + backward
 
     def forward(self, keys: torch.Tensor, n_used: torch.Tensor) -> torch.Tensor:

@@ -55,17 +55,16 @@ def episode_depthwise_conv(
         raise ValueError(f"filters must be [B={b}, C, 1, k, k]; got {tuple(filters.shape)}")
     if x.dim() != 4 or x.shape[0] != sum(counts) or x.shape[1] != filters.shape[1]:
         raise ValueError(
-            f"x must be [{sum(counts)}, {filters.shape[1]}, H, W] for these counts and filters; "
-            f"got {tuple(x.shape)}"
+            f"x must be [{sum(counts)}, {filters.shape[1]}, H, W] for these counts and filters; got {tuple(x.shape)}"
         )
     c = x.shape[1]
     if b == 1:
         return F.conv2d(x, filters[0], padding=padding, groups=c)
-    padded = pad_sequence(list(torch.split(x, counts)), batch_first=True)   # [B, Nq_max, C, H, W]
+    padded = pad_sequence(list(torch.split(x, counts)), batch_first=True)  # [B, Nq_max, C, H, W]
     n_max = padded.shape[1]
     grouped = padded.transpose(0, 1).reshape(n_max, b * c, *x.shape[2:])
     out = F.conv2d(grouped, filters.reshape(b * c, 1, *filters.shape[3:]), padding=padding, groups=b * c)
-    out = out.reshape(n_max, b, c, *out.shape[2:]).transpose(0, 1)          # [B, Nq_max, C, H', W']
+    out = out.reshape(n_max, b, c, *out.shape[2:]).transpose(0, 1)  # [B, Nq_max, C, H', W']
     # real rows by index, computed on the host from the counts (a boolean mask would make
     # the device report how many rows it kept: a host synchronisation on a GPU)
     keep = (torch.arange(n_max).unsqueeze(0) < torch.tensor(counts).unsqueeze(1)).flatten().nonzero().squeeze(1)
@@ -88,9 +87,7 @@ class FactorizedConvBlock(nn.Module):
         ValueError: for non-positive sizes or an even kernel size.
     """
 
-    def __init__(
-        self, in_channels: int, channels: int, kernel_size: int = 3, static_filters: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, channels: int, kernel_size: int = 3, static_filters: bool = False) -> None:
         super().__init__()
         if int(in_channels) < 1 or int(channels) < 1 or int(kernel_size) < 1:
             raise ValueError(f"sizes must be positive; got {in_channels}, {channels}, {kernel_size}")
@@ -103,7 +100,9 @@ class FactorizedConvBlock(nn.Module):
         self.pool = nn.MaxPool2d(2)
         if static_filters:
             self.depthwise: Optional[nn.Parameter] = nn.Parameter(
-                default_depthwise_init(torch.empty(self.channels, 1, self.kernel_size, self.kernel_size), self.kernel_size)
+                default_depthwise_init(
+                    torch.empty(self.channels, 1, self.kernel_size, self.kernel_size), self.kernel_size
+                )
             )
         else:
             self.register_parameter("depthwise", None)

@@ -98,13 +98,13 @@ def write_memory(
     neg_inf = torch.tensor(float("-inf"), dtype=zk.dtype, device=zk.device)
 
     for t in range(n):
-        active = lengths > t                                   # [B]
-        z = zk[:, t]                                           # [B, Dm]
-        y = labels[:, t]                                       # [B]
-        with torch.no_grad():                                  # the choice is discrete
+        active = lengths > t  # [B]
+        z = zk[:, t]  # [B, Dm]
+        y = labels[:, t]  # [B]
+        with torch.no_grad():  # the choice is discrete
             sim = torch.bmm(keys.detach(), z.detach().unsqueeze(2)).squeeze(2)
             sim = torch.where(used, sim, neg_inf)
-            nearest = sim.argmax(dim=1)                        # [B]
+            nearest = sim.argmax(dim=1)  # [B]
         any_used = n_used > 0
         same = slot_labels[batch, nearest] == y
         full = n_used >= capacity
@@ -112,9 +112,9 @@ def write_memory(
         target = torch.where(merge, nearest, n_used.clamp(max=width - 1))
         onehot = (positions.unsqueeze(0) == target.unsqueeze(1)) & active.unsqueeze(1)  # [B, M]
 
-        merged = F.normalize(keys[batch, nearest] + z, dim=1, eps=eps)   # Eq. 4
+        merged = F.normalize(keys[batch, nearest] + z, dim=1, eps=eps)  # Eq. 4
         fresh = F.normalize(z, dim=1, eps=eps)
-        new_key = torch.where(merge.unsqueeze(1), merged, fresh)          # [B, Dm]
+        new_key = torch.where(merge.unsqueeze(1), merged, fresh)  # [B, Dm]
         keys = torch.where(onehot.unsqueeze(2), new_key.unsqueeze(1), keys)
         opened = onehot & ~merge.unsqueeze(1)
         slot_labels = torch.where(opened, y.unsqueeze(1), slot_labels)
@@ -147,7 +147,7 @@ def read_memory(zk: torch.Tensor, keys: torch.Tensor, used: torch.Tensor) -> tor
         )
     if used.shape != keys.shape[:2]:
         raise ValueError(f"used must be [B, M] = {tuple(keys.shape[:2])}; got {tuple(used.shape)}")
-    scores = torch.bmm(zk, keys.transpose(1, 2))                       # [B, N, M]
+    scores = torch.bmm(zk, keys.transpose(1, 2))  # [B, N, M]
     scores = scores.masked_fill(~used.unsqueeze(1), float("-inf"))
     attention = torch.softmax(scores, dim=2)
     return torch.bmm(attention, keys)

@@ -132,10 +132,10 @@ class MMNetOutput:
         """
         if self.query_labels is None:
             raise ValueError("the loss needs query labels: every episode must have query_y")
-        log_p = torch.log_softmax(self.similarities.float(), dim=2)   # float32 under bf16 autocast too
-        match = (self.support_labels.unsqueeze(1) == self.query_labels.unsqueeze(2))
+        log_p = torch.log_softmax(self.similarities.float(), dim=2)  # float32 under bf16 autocast too
+        match = self.support_labels.unsqueeze(1) == self.query_labels.unsqueeze(2)
         match = match & self.support_mask.unsqueeze(1) & self.query_mask.unsqueeze(2)
-        per_query = -log_p.masked_fill(~match, 0.0).sum(dim=2)                  # [B, Nq]
+        per_query = -log_p.masked_fill(~match, 0.0).sum(dim=2)  # [B, Nq]
         n_query = torch.tensor(self.n_query, device=per_query.device, dtype=per_query.dtype)
         return per_query.sum(dim=1) / n_query
 
@@ -233,7 +233,9 @@ class MMNet(nn.Module):
         for name, v in (("in_channels", in_channels), ("image_size", image_size), ("dm", dm), ("dr", dr)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
-        if memory_slots is not None and (isinstance(memory_slots, bool) or not isinstance(memory_slots, int) or memory_slots < 1):
+        if memory_slots is not None and (
+            isinstance(memory_slots, bool) or not isinstance(memory_slots, int) or memory_slots < 1
+        ):
             raise ValueError(f"memory_slots must be a positive integer or None; got {memory_slots!r}")
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}; got {decision!r}")
@@ -261,7 +263,11 @@ class MMNet(nn.Module):
             self.log_scale: Optional[nn.Parameter] = nn.Parameter(torch.tensor(math.log(float(learned_scale_init))))
             self.fixed_scale = None
         else:
-            if isinstance(similarity_scale, bool) or not float(similarity_scale) > 0 or not math.isfinite(float(similarity_scale)):
+            if (
+                isinstance(similarity_scale, bool)
+                or not float(similarity_scale) > 0
+                or not math.isfinite(float(similarity_scale))
+            ):
                 raise ValueError(f'similarity_scale must be a positive number or "learned"; got {similarity_scale!r}')
             self.register_parameter("log_scale", None)
             self.fixed_scale = float(similarity_scale)
@@ -286,11 +292,13 @@ class MMNet(nn.Module):
         residual = query_branch == "residual"
         self.contextual: Optional[ContextualLearner] = (
             ContextualLearner(dm, dr, c4, 3, filter_init_scale, input_norm=residual, static_bias=not residual)
-            if self.use_contextual_learner else None
+            if self.use_contextual_learner
+            else None
         )
         self.query_block: Optional[FactorizedConvBlock] = (
             FactorizedConvBlock(c3, c4, 3, static_filters=not self.use_contextual_learner)
-            if self.use_query_branch else None
+            if self.use_query_branch
+            else None
         )
         # the residual form's gate alpha, per channel, from 0: f = g0 at step 0
         self.query_gate: Optional[nn.Parameter] = (
@@ -306,9 +314,14 @@ class MMNet(nn.Module):
         try:
             with torch.no_grad():
                 p = next(self.backbone.parameters(), None)
-                x = torch.zeros(1, self.in_channels, self.image_size, self.image_size,
-                                device=p.device if p is not None else None,
-                                dtype=p.dtype if p is not None else None)
+                x = torch.zeros(
+                    1,
+                    self.in_channels,
+                    self.image_size,
+                    self.image_size,
+                    device=p.device if p is not None else None,
+                    dtype=p.dtype if p is not None else None,
+                )
                 try:
                     h = x
                     for block in list(self.backbone.blocks)[:3]:
@@ -372,13 +385,14 @@ class MMNet(nn.Module):
                     )
         return episodes
 
-    def _write_order(self, n_support: List[int], device: torch.device,
-                     generator: Optional[torch.Generator]) -> torch.Tensor:
+    def _write_order(
+        self, n_support: List[int], device: torch.device, generator: Optional[torch.Generator]
+    ) -> torch.Tensor:
         b, n = len(n_support), max(n_support)
         lengths = torch.tensor(n_support).unsqueeze(1)
         if self.training and self.shuffle_support:
             keys = torch.rand(b, n, generator=generator if generator is not None else self._generator)
-            keys = keys.masked_fill(torch.arange(n).unsqueeze(0) >= lengths, 2.0)   # padding stays last
+            keys = keys.masked_fill(torch.arange(n).unsqueeze(0) >= lengths, 2.0)  # padding stays last
             return keys.argsort(dim=1).to(device)
         return torch.arange(n, device=device).unsqueeze(0).expand(b, n)
 
@@ -415,13 +429,13 @@ class MMNet(nn.Module):
         for block in list(self.backbone.blocks)[:3]:
             h = block(h)
         n_s = sum(n_support)
-        if self.query_block is not None and self.query_gate is None:     # paper form
+        if self.query_block is not None and self.query_gate is None:  # paper form
             z = self.backbone.blocks[3](h[:n_s]).flatten(1)
-        else:                                                             # residual form, or f = g0
+        else:  # residual form, or f = g0
             z_maps = self.backbone.blocks[3](h)
             z, fq = z_maps[:n_s].flatten(1), z_maps[n_s:]
 
-        z_pad = pad_sequence(list(torch.split(z, n_support)), batch_first=True)            # [B, Ns, Dz]
+        z_pad = pad_sequence(list(torch.split(z, n_support)), batch_first=True)  # [B, Ns, Dz]
         sy = pad_sequence([e.support_y.to(device) for e in eps], batch_first=True, padding_value=-1)
         lengths = torch.tensor(n_support, device=device)
         ns_max = z_pad.shape[1]
@@ -431,7 +445,7 @@ class MMNet(nn.Module):
         memory: Optional[MemoryState] = None
         g = z_pad
         if self.tz is not None:
-            zk = self.tz(z_pad)                                                              # [B, Ns, Dm]
+            zk = self.tz(z_pad)  # [B, Ns, Dm]
             if self.training and self.shuffle_support:
                 zk_w = zk.gather(1, order.unsqueeze(2).expand_as(zk))
                 sy_w = sy.gather(1, order)
@@ -440,7 +454,7 @@ class MMNet(nn.Module):
             memory = write_memory(zk_w, sy_w, lengths, self.memory_slots)
             if self.tc is not None:
                 c = read_memory(zk, memory.keys, memory.used)
-                g = self.tc(c) + z_pad                                                       # Eq. 6
+                g = self.tc(c) + z_pad  # Eq. 6
 
         filters = None
         if self.query_block is not None:
@@ -450,17 +464,19 @@ class MMNet(nn.Module):
                 branch = self.query_block(hq, filters, n_query)
             else:
                 branch = self.query_block(hq)
-            if self.query_gate is not None:                               # f = g0(q) + alpha F_W(h_q)
+            if self.query_gate is not None:  # f = g0(q) + alpha F_W(h_q)
                 fq = fq + self.query_gate.view(1, -1, 1, 1) * branch
             else:
                 fq = branch
         fq = fq.flatten(1)
-        f_pad = pad_sequence(list(torch.split(fq, n_query)), batch_first=True)             # [B, Nq, Dz]
+        f_pad = pad_sequence(list(torch.split(fq, n_query)), batch_first=True)  # [B, Nq, Dz]
         nq_max = f_pad.shape[1]
-        query_mask = torch.arange(nq_max, device=device).unsqueeze(0) < torch.tensor(n_query, device=device).unsqueeze(1)
+        query_mask = torch.arange(nq_max, device=device).unsqueeze(0) < torch.tensor(n_query, device=device).unsqueeze(
+            1
+        )
 
         scale = self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
-        sim = scale * torch.bmm(f_pad, g.transpose(1, 2))                                   # [B, Nq, Ns]
+        sim = scale * torch.bmm(f_pad, g.transpose(1, 2))  # [B, Nq, Ns]
         sim = sim.masked_fill(~support_mask.unsqueeze(1), float("-inf"))
         class_scores = self._class_scores(sim, sy, n_way)
 
@@ -469,10 +485,20 @@ class MMNet(nn.Module):
         else:
             qy = None
         return MMNetOutput(
-            similarities=sim, class_scores=class_scores, support_labels=sy, query_labels=qy,
-            support_mask=support_mask, query_mask=query_mask, n_way=n_way, n_support=n_support,
-            n_query=n_query, support_embeddings=g, query_embeddings=f_pad, memory=memory,
-            filters=filters, write_order=order,
+            similarities=sim,
+            class_scores=class_scores,
+            support_labels=sy,
+            query_labels=qy,
+            support_mask=support_mask,
+            query_mask=query_mask,
+            n_way=n_way,
+            n_support=n_support,
+            n_query=n_query,
+            support_embeddings=g,
+            query_embeddings=f_pad,
+            memory=memory,
+            filters=filters,
+            write_order=order,
         )
 
     def _class_scores(self, sim: torch.Tensor, support_labels: torch.Tensor, n_way: List[int]) -> torch.Tensor:
@@ -562,13 +588,20 @@ class MMNet(nn.Module):
         """The constructor arguments that rebuild this model (all but ``backbone``), as plain
         values: what ``mmnet train`` stores in a checkpoint's ``model_config``."""
         return {
-            "in_channels": self.in_channels, "image_size": self.image_size, "dm": self.dm, "dr": self.dr,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "dm": self.dm,
+            "dr": self.dr,
             "memory_slots": self.memory_slots,
             "similarity_scale": "learned" if self.log_scale is not None else self.fixed_scale,
-            "learned_scale_init": self.learned_scale_init, "decision": self.decision,
-            "filter_init_scale": self.filter_init_scale, "shuffle_support": self.shuffle_support,
-            "shuffle_seed": self.shuffle_seed, "use_memory_read": self.use_memory_read,
-            "use_contextual_learner": self.use_contextual_learner, "use_query_branch": self.use_query_branch,
+            "learned_scale_init": self.learned_scale_init,
+            "decision": self.decision,
+            "filter_init_scale": self.filter_init_scale,
+            "shuffle_support": self.shuffle_support,
+            "shuffle_seed": self.shuffle_seed,
+            "use_memory_read": self.use_memory_read,
+            "use_contextual_learner": self.use_contextual_learner,
+            "use_query_branch": self.use_query_branch,
             "query_branch": self.query_branch,
         }
 
@@ -618,9 +651,12 @@ class MMNet(nn.Module):
             )
         weights = state["model"]
         config = dict(config)
-        if ("query_branch" not in config and config.get("use_query_branch", True)
-                and not any(k == "query_gate" for k in weights)):
-            config["query_branch"] = "paper"          # written before the residual form existed
+        if (
+            "query_branch" not in config
+            and config.get("use_query_branch", True)
+            and not any(k == "query_gate" for k in weights)
+        ):
+            config["query_branch"] = "paper"  # written before the residual form existed
         try:
             model = cls(**config, backbone=backbone)
         except (TypeError, ValueError) as exc:
@@ -634,6 +670,7 @@ class MMNet(nn.Module):
                 "edited or written by other code"
             ) from None
         if missing or unexpected:
+
             def few(keys: List[str]) -> str:
                 return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") or "none"
 
@@ -646,8 +683,10 @@ class MMNet(nn.Module):
 
     def extra_repr(self) -> str:
         scale = "learned" if self.log_scale is not None else self.fixed_scale
-        return (f"in_channels={self.in_channels}, image_size={self.image_size}, dz={self.dz}, dm={self.dm}, "
-                f"dr={self.dr}, memory_slots={self.memory_slots}, similarity_scale={scale}, "
-                f"decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
-                f"use_memory_read={self.use_memory_read}, use_contextual_learner={self.use_contextual_learner}, "
-                f"use_query_branch={self.use_query_branch}, query_branch={self.query_branch!r}")
+        return (
+            f"in_channels={self.in_channels}, image_size={self.image_size}, dz={self.dz}, dm={self.dm}, "
+            f"dr={self.dr}, memory_slots={self.memory_slots}, similarity_scale={scale}, "
+            f"decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
+            f"use_memory_read={self.use_memory_read}, use_contextual_learner={self.use_contextual_learner}, "
+            f"use_query_branch={self.use_query_branch}, query_branch={self.query_branch!r}"
+        )

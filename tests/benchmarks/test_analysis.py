@@ -25,9 +25,35 @@ from mmnet_plugin.data import load_dataset  # noqa: E402
 from mmnet_plugin.episodes import Episode, EpisodeSampler  # noqa: E402
 from mmnet_plugin.models import MMNet  # noqa: E402
 
-TINY = ["--dataset", "glyphs", "--steps", "1", "--batch-episodes", "1", "--test-episodes", "2", "--queries", "2",
-        "--dm", "8", "--dr", "8", "--dr-values", "8,16", "--tsne-images", "6", "--device", "cpu", "--seed", "3",
-        "--threads", "1", "--dpi", "50", "--quiet"]
+TINY = [
+    "--dataset",
+    "glyphs",
+    "--steps",
+    "1",
+    "--batch-episodes",
+    "1",
+    "--test-episodes",
+    "2",
+    "--queries",
+    "2",
+    "--dm",
+    "8",
+    "--dr",
+    "8",
+    "--dr-values",
+    "8,16",
+    "--tsne-images",
+    "6",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+    "--dpi",
+    "50",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +111,14 @@ def test_tsne_and_similarity_figures(run_all: Path) -> None:
 
 def test_ablations_tables_and_curves(run_all: Path) -> None:
     groups = _results(run_all)["parts"]["ablations"]["groups"]
-    assert set(groups) == {"components", "query_branch", "memory_slots", "decision", "similarity_scale",
-                           "filter_init_scale"}
+    assert set(groups) == {
+        "components",
+        "query_branch",
+        "memory_slots",
+        "decision",
+        "similarity_scale",
+        "filter_init_scale",
+    }
     fp = _results(run_all)["test_fingerprints"]["5w5s"]
     for name, g in groups.items():
         _check_png(run_all / f"curves_{name}.png", 300, 200)
@@ -166,8 +198,7 @@ def test_ablation_groups_option_runs_only_the_named_groups(tmp_path: Path) -> No
     with pytest.raises(SystemExit):
         parser.parse_args(["--ablation-groups", "components,nope"])
     out = tmp_path / "subset"
-    assert analysis.main(TINY + ["--output", str(out), "--parts", "ablations",
-                                 "--ablation-groups", "decision"]) == 0
+    assert analysis.main(TINY + ["--output", str(out), "--parts", "ablations", "--ablation-groups", "decision"]) == 0
     groups = _results(out)["parts"]["ablations"]["groups"]
     assert list(groups) == ["decision"]
     assert [r["variant"] for r in groups["decision"]["rows"]] == ["nearest", "class_mass"]
@@ -179,11 +210,14 @@ def test_ablation_group_names_match_the_groups_built() -> None:
     assert tuple(analysis.Analysis.ablation_groups()) == analysis.ABLATION_GROUPS
 
 
-@pytest.mark.parametrize("steps,expected,absent", [
-    (1, "pipeline check, not evidence", "Short budget"),
-    (250, "Short budget.** 4,000 training episodes per model is about 1.2%", "not evidence"),
-    (20000, "Budget: 20000 steps", "Short budget"),
-])
+@pytest.mark.parametrize(
+    "steps,expected,absent",
+    [
+        (1, "pipeline check, not evidence", "Short budget"),
+        (250, "Short budget.** 4,000 training episodes per model is about 1.2%", "not evidence"),
+        (20000, "Budget: 20000 steps", "Short budget"),
+    ],
+)
 def test_report_says_how_far_the_budget_goes(tmp_path: Path, steps: int, expected: str, absent: str) -> None:
     args = analysis.build_parser().parse_args(TINY + ["--steps", str(steps), "--output", str(tmp_path)])
     a = analysis.Analysis.__new__(analysis.Analysis)  # the report alone: no data, no training

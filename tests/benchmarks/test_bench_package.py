@@ -28,8 +28,9 @@ def _python(args, cwd, pythonpath=None, timeout=120):
     env.pop("PYTHONPATH", None)
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, *args], cwd=str(cwd), env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +44,14 @@ def wheel_site(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "mmnet_plugin", src / "mmnet_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "mmnet_plugin", src / "mmnet_plugin", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp_path_factory.mktemp("dist")
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(dist), str(src)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (whl,) = dist.glob("mmnet_plugin-*.whl")
     site = tmp_path_factory.mktemp("site")
@@ -59,11 +63,18 @@ def wheel_site(tmp_path_factory):
 
 def test_the_wheel_holds_the_harness_its_methods_configs_and_analysis(wheel_site):
     _, names, _ = wheel_site
-    for name in ("mmnet_plugin/bench/__init__.py", "mmnet_plugin/bench/cli.py", "mmnet_plugin/bench/grid.py",
-                 "mmnet_plugin/bench/methods/base.py", "mmnet_plugin/bench/methods/maml.py",
-                 "mmnet_plugin/bench/analysis/core.py", "mmnet_plugin/bench/speed.py",
-                 "mmnet_plugin/bench/configs/omniglot.yaml", "mmnet_plugin/bench/configs/cpu-leaderboard.yaml",
-                 "mmnet_plugin/bench/configs/glyphs-smoke.yaml"):
+    for name in (
+        "mmnet_plugin/bench/__init__.py",
+        "mmnet_plugin/bench/cli.py",
+        "mmnet_plugin/bench/grid.py",
+        "mmnet_plugin/bench/methods/base.py",
+        "mmnet_plugin/bench/methods/maml.py",
+        "mmnet_plugin/bench/analysis/core.py",
+        "mmnet_plugin/bench/speed.py",
+        "mmnet_plugin/bench/configs/omniglot.yaml",
+        "mmnet_plugin/bench/configs/cpu-leaderboard.yaml",
+        "mmnet_plugin/bench/configs/glyphs-smoke.yaml",
+    ):
         assert name in names, name
     assert not any(n.startswith("benchmarks/") for n in names)  # the checkout's wrappers stay out
 
@@ -73,10 +84,12 @@ def test_the_installed_harness_runs_outside_a_checkout(wheel_site, tmp_path):
     res = _python(["-m", "mmnet_plugin", "bench", "--help"], cwd=tmp_path, pythonpath=site)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith("usage: mmnet bench") and "--config" in res.stdout and "--tensorboard" in res.stdout
-    probe = ("import json, mmnet_plugin; from mmnet_plugin.bench.identity import code_identity; "
-             "from mmnet_plugin.bench.config import resolve_config_path; "
-             "print(json.dumps({'file': mmnet_plugin.__file__, 'code': code_identity(), "
-             "'config': str(resolve_config_path('glyphs-smoke'))}))")
+    probe = (
+        "import json, mmnet_plugin; from mmnet_plugin.bench.identity import code_identity; "
+        "from mmnet_plugin.bench.config import resolve_config_path; "
+        "print(json.dumps({'file': mmnet_plugin.__file__, 'code': code_identity(), "
+        "'config': str(resolve_config_path('glyphs-smoke'))}))"
+    )
     res = _python(["-c", probe], cwd=tmp_path, pythonpath=site)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
@@ -119,8 +132,7 @@ def test_mmnet_bench_and_the_module_form_give_the_harness(tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("usage: mmnet bench"), res.stderr[-2000:]
     exe = shutil.which("mmnet", path=str(Path(sys.executable).parent))
     if exe is not None:  # the console script of the installed package
-        res = subprocess.run([exe, "bench", "--help"], cwd=str(tmp_path), capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run([exe, "bench", "--help"], cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
         assert res.returncode == 0 and "--methods" in res.stdout and "--config" in res.stdout
     if (ROOT / "benchmarks" / "run.py").is_file():  # the checkout's wrapper: the same options
         res = _python([str(ROOT / "benchmarks" / "run.py"), "--help"], cwd=tmp_path)
@@ -129,10 +141,12 @@ def test_mmnet_bench_and_the_module_form_give_the_harness(tmp_path):
 
 
 def test_the_core_import_stays_light(tmp_path):
-    probe = ("import sys, mmnet_plugin; a = 'mmnet_plugin.bench' in sys.modules; "
-             "import mmnet_plugin.bench.cli, mmnet_plugin.bench.analysis, mmnet_plugin.bench.speed; "
-             "heavy = [m for m in ('matplotlib', 'sklearn', 'yaml', 'tensorboard', 'learn2learn', 'easyfsl') "
-             "if m in sys.modules]; print(a, heavy)")
+    probe = (
+        "import sys, mmnet_plugin; a = 'mmnet_plugin.bench' in sys.modules; "
+        "import mmnet_plugin.bench.cli, mmnet_plugin.bench.analysis, mmnet_plugin.bench.speed; "
+        "heavy = [m for m in ('matplotlib', 'sklearn', 'yaml', 'tensorboard', 'learn2learn', 'easyfsl') "
+        "if m in sys.modules]; print(a, heavy)"
+    )
     res = _python(["-c", probe], cwd=tmp_path, pythonpath=PACKAGE.parent)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "False []"

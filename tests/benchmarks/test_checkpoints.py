@@ -68,9 +68,33 @@ def test_harness_refuses_a_planted_checkpoint_and_retrains(tmp_path, capsys):
     from mmnet_plugin.bench import cli as harness
 
     out, marker = tmp_path / "out", tmp_path / "marker.txt"
-    args = ["--dataset", "glyphs", "--settings", "5w1s", "--train-episodes", "4", "--test-episodes", "4",
-            "--queries", "2", "--mixed-ways", "2-5", "--mixed-shots", "1-1", "--device", "cpu", "--seed", "1",
-            "--threads", "1", "--no-progress", "--methods", "mmnet-mixed", "--output", str(out)]
+    args = [
+        "--dataset",
+        "glyphs",
+        "--settings",
+        "5w1s",
+        "--train-episodes",
+        "4",
+        "--test-episodes",
+        "4",
+        "--queries",
+        "2",
+        "--mixed-ways",
+        "2-5",
+        "--mixed-shots",
+        "1-1",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--methods",
+        "mmnet-mixed",
+        "--output",
+        str(out),
+    ]
     assert harness.main(args) == 0
     ckpts = list((out / "checkpoints").glob("mmnet-mixed-*.pt"))
     assert len(ckpts) == 1  # the trained-once model's checkpoint, which a resumed run loads

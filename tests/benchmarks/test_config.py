@@ -30,8 +30,15 @@ test_episodes: 3
 min_steps: 0
 no_progress: true
 """
-JSON = {"dataset": "glyphs", "settings": "5w1s", "methods": ["protonet"], "train_episodes": 4,
-        "test-episodes": 3, "min-steps": 0, "no_progress": True}
+JSON = {
+    "dataset": "glyphs",
+    "settings": "5w1s",
+    "methods": ["protonet"],
+    "train_episodes": 4,
+    "test-episodes": 3,
+    "min-steps": 0,
+    "no_progress": True,
+}
 TOML = """\
 dataset = "glyphs"
 settings = ["5w1s"]
@@ -75,18 +82,20 @@ def test_command_line_flags_override_the_file(tmp_path):
     assert config.path == cfg.resolve()
 
 
-@pytest.mark.parametrize("content,needle", [
-    ({"budget_secs": 3}, "unknown key 'budget_secs'"),
-    ({"train_episodes": "many"}, "key 'train_episodes'"),
-    ({"budget_seconds": -1}, "key 'budget_seconds'"),
-    ({"paper": "yes"}, "key 'paper' is a flag"),
-    ({"dataset": "cifar"}, "key 'dataset'"),
-    ({"seed": {"a": 1}}, "key 'seed'"),
-    ({"config": "other.json"}, "unknown key 'config'"),
-    ([1, 2], "expected a mapping"),
-])
-def test_bad_keys_and_values_are_one_line_errors_naming_key_and_file(tmp_path, capsys, no_training, content,
-                                                                     needle):
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ({"budget_secs": 3}, "unknown key 'budget_secs'"),
+        ({"train_episodes": "many"}, "key 'train_episodes'"),
+        ({"budget_seconds": -1}, "key 'budget_seconds'"),
+        ({"paper": "yes"}, "key 'paper' is a flag"),
+        ({"dataset": "cifar"}, "key 'dataset'"),
+        ({"seed": {"a": 1}}, "key 'seed'"),
+        ({"config": "other.json"}, "unknown key 'config'"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_bad_keys_and_values_are_one_line_errors_naming_key_and_file(tmp_path, capsys, no_training, content, needle):
     cfg = _write(tmp_path, "bad.json", json.dumps(content))
     with pytest.raises(SystemExit) as exc:
         harness.main(["--config", str(cfg), "--output", str(tmp_path / "out")])
@@ -97,8 +106,10 @@ def test_bad_keys_and_values_are_one_line_errors_naming_key_and_file(tmp_path, c
 
 
 def test_missing_file_and_unknown_format_are_refused(tmp_path, capsys, no_training):
-    for spec, needle in ((str(tmp_path / "nope.yaml"), "no such file"),
-                         (str(_write(tmp_path, "c.ini", "x=1")), "unknown format .ini")):
+    for spec, needle in (
+        (str(tmp_path / "nope.yaml"), "no such file"),
+        (str(_write(tmp_path, "c.ini", "x=1")), "unknown format .ini"),
+    ):
         with pytest.raises(SystemExit):
             harness.main(["--config", spec])
         err = capsys.readouterr().err
@@ -143,10 +154,34 @@ def test_tensorboard_curves_hold_loss_val_and_test(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, tb = tmp_path / "out", tmp_path / "tb"
-    assert harness.main(BASE + ["--dataset", "glyphs", "--settings", "5w1s", "--methods", "protonet,matchingnet",
-                                "--train-episodes", "6", "--test-episodes", "3", "--val-every", "2",
-                                "--val-episodes", "2", "--min-steps", "0", "--output", str(out),
-                                "--tensorboard", str(tb)]) == 0
+    assert (
+        harness.main(
+            BASE
+            + [
+                "--dataset",
+                "glyphs",
+                "--settings",
+                "5w1s",
+                "--methods",
+                "protonet,matchingnet",
+                "--train-episodes",
+                "6",
+                "--test-episodes",
+                "3",
+                "--val-every",
+                "2",
+                "--val-episodes",
+                "2",
+                "--min-steps",
+                "0",
+                "--output",
+                str(out),
+                "--tensorboard",
+                str(tb),
+            ]
+        )
+        == 0
+    )
     recs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["records"]}
     for method, rec in recs.items():
         folder = tb / "5w1s" / method
@@ -166,8 +201,9 @@ def test_tensorboard_curves_hold_loss_val_and_test(tmp_path):
 def test_tensorboard_missing_is_one_line_before_training(tmp_path, capsys, monkeypatch, no_training):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(SystemExit) as exc:
-        harness.main(BASE + ["--methods", "protonet", "--tensorboard", str(tmp_path / "tb"),
-                             "--output", str(tmp_path / "out")])
+        harness.main(
+            BASE + ["--methods", "protonet", "--tensorboard", str(tmp_path / "tb"), "--output", str(tmp_path / "out")]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--tensorboard needs the tensorboard package" in err and "mmnet-plugin[bench]" in err

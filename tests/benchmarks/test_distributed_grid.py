@@ -19,14 +19,51 @@ from mmnet_plugin.bench import cli as harness
 
 pytest.importorskip("easyfsl")
 
-ARGS = ["--dataset", "glyphs", "--settings", "5w1s,5w2s", "--methods", "mmnet,protonet,mmnet-mixed", "--train-episodes", "6",
-        "--test-episodes", "5", "--queries", "2", "--device", "cpu", "--seed", "2", "--threads", "1", "--no-progress"]
+ARGS = [
+    "--dataset",
+    "glyphs",
+    "--settings",
+    "5w1s,5w2s",
+    "--methods",
+    "mmnet,protonet,mmnet-mixed",
+    "--train-episodes",
+    "6",
+    "--test-episodes",
+    "5",
+    "--queries",
+    "2",
+    "--device",
+    "cpu",
+    "--seed",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 #: what may differ between the two runs: timings, memory, load, rank, where the checkpoint came from
-VOLATILE = {"rank", "finished_at", "job_wall_s", "load_average", "peak_memory_mib", "test_ms_per_episode",
-            "test_time_s", "test_harness_s", "train_time_s", "train_step_time_s", "train_wall_s", "validation_time_s",
-            "train_harness_s", "train_episodes_per_s", "checkpoint_s", "budget_rule", "curve", "best_val",
-            "train_reused_from", "code"}
+VOLATILE = {
+    "rank",
+    "finished_at",
+    "job_wall_s",
+    "load_average",
+    "peak_memory_mib",
+    "test_ms_per_episode",
+    "test_time_s",
+    "test_harness_s",
+    "train_time_s",
+    "train_step_time_s",
+    "train_wall_s",
+    "validation_time_s",
+    "train_harness_s",
+    "train_episodes_per_s",
+    "checkpoint_s",
+    "budget_rule",
+    "curve",
+    "best_val",
+    "train_reused_from",
+    "code",
+}
 
 
 def _records(out: Path) -> dict:
@@ -34,17 +71,40 @@ def _records(out: Path) -> dict:
     return {(r["method"], r["setting"]): r for r in res["records"]}, res
 
 
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs torch.distributed with gloo")
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="needs torch.distributed with gloo",
+)
 def test_two_ranks_give_the_records_of_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert harness.main(ARGS + ["--output", str(one)]) == 0
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "mmnet_plugin", "bench", *ARGS, "--output", str(two)],
-                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mmnet_plugin",
+            "bench",
+            *ARGS,
+            "--output",
+            str(two),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     a, ra = _records(one)
     b, rb = _records(two)
@@ -62,14 +122,20 @@ def test_two_ranks_give_the_records_of_one_process(tmp_path):
         assert rec["test_fingerprint"] == other["test_fingerprint"], cell
         assert rec["train_fingerprint"] == other["train_fingerprint"], cell
         assert rec["key"] == other["key"], cell  # same configuration and code: a run resumes the other's
-        assert {k: v for k, v in rec.items() if k not in VOLATILE} == \
-               {k: v for k, v in other.items() if k not in VOLATILE}, cell
+        assert {k: v for k, v in rec.items() if k not in VOLATILE} == {
+            k: v for k, v in other.items() if k not in VOLATILE
+        }, cell
     assert ra["checks"] == rb["checks"] and rb["run"]["distributed"]["world_size"] == 2
-    assert sorted(p.name for p in (one / "records").glob("*.json")) == \
-           sorted(p.name for p in (two / "records").glob("*.json"))
+    assert sorted(p.name for p in (one / "records").glob("*.json")) == sorted(
+        p.name for p in (two / "records").glob("*.json")
+    )
     for name in ("results.csv", "leaderboard.md"):
         assert (two / name).is_file()
-    rows = [{k: r[k] for k in ("method", "setting", "accuracy", "test_fingerprint")}
-            for r in csv.DictReader((two / "results.csv").open())]
-    assert rows == [{k: r[k] for k in ("method", "setting", "accuracy", "test_fingerprint")}
-                    for r in csv.DictReader((one / "results.csv").open())]
+    rows = [
+        {k: r[k] for k in ("method", "setting", "accuracy", "test_fingerprint")}
+        for r in csv.DictReader((two / "results.csv").open())
+    ]
+    assert rows == [
+        {k: r[k] for k in ("method", "setting", "accuracy", "test_fingerprint")}
+        for r in csv.DictReader((one / "results.csv").open())
+    ]

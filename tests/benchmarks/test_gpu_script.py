@@ -23,11 +23,29 @@ pytest.importorskip("easyfsl")
 def test_gpu_leaderboard_script_runs_on_cpu_at_a_tiny_budget(tmp_path):
     carry, out = tmp_path / "carry", tmp_path / "out"
     (carry / "datasets").mkdir(parents=True)
-    env = dict(os.environ, DEVICE="cpu", DATASET="glyphs", PYTHON=sys.executable, BUDGET="0.5", SETTINGS="5w1s",
-               METHODS="protonet,matchingnet", TEST_EPISODES="3", VAL_EPISODES="2", VAL_POINTS="1",
-               EXTRA="--queries 2", DEADLINE="300", MMNET_CACHE_DIR=str(tmp_path / "cache"))
-    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_leaderboard.sh"), str(carry), str(out)],
-                         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        DEVICE="cpu",
+        DATASET="glyphs",
+        PYTHON=sys.executable,
+        BUDGET="0.5",
+        SETTINGS="5w1s",
+        METHODS="protonet,matchingnet",
+        TEST_EPISODES="3",
+        VAL_EPISODES="2",
+        VAL_POINTS="1",
+        EXTRA="--queries 2",
+        DEADLINE="300",
+        MMNET_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    res = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_leaderboard.sh"), str(carry), str(out)],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     results = json.loads((out / "leaderboard" / "results.json").read_text())
     assert results["run"]["budget_seconds"] == 0.5 and results["run"]["validation"]["enabled"]

@@ -26,9 +26,29 @@ from mmnet_plugin.bench import cli as harness  # noqa: E402
 from mmnet_plugin.bench.methods import METHODS  # noqa: E402
 
 ALL = "mmnet,mmnet-mixed,maml,protonet,matchingnet"
-TINY = ["--dataset", "glyphs", "--settings", "5w1s", "--train-episodes", "32", "--test-episodes", "20",
-        "--queries", "3", "--mixed-ways", "2-5", "--mixed-shots", "1-2", "--device", "cpu", "--seed", "3",
-        "--threads", "1", "--no-progress"]
+TINY = [
+    "--dataset",
+    "glyphs",
+    "--settings",
+    "5w1s",
+    "--train-episodes",
+    "32",
+    "--test-episodes",
+    "20",
+    "--queries",
+    "3",
+    "--mixed-ways",
+    "2-5",
+    "--mixed-shots",
+    "1-2",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def _run(out: Path, *extra: str, methods: str = ALL) -> int:
@@ -143,8 +163,9 @@ def test_changed_method_settings_are_not_reused(tiny_run, tmp_path, monkeypatch,
 def test_missing_library_fails_only_its_method(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "learn2learn", None)  # import learn2learn -> ImportError
     out = tmp_path / "out"
-    code = harness.main(TINY + ["--methods", "maml,protonet", "--train-episodes", "4", "--test-episodes", "4",
-                                "--output", str(out)])
+    code = harness.main(
+        TINY + ["--methods", "maml,protonet", "--train-episodes", "4", "--test-episodes", "4", "--output", str(out)]
+    )
     assert code == 1
     recs = {r["method"]: r for r in _results(out)["records"]}
     assert recs["maml"]["status"] == "failed" and "pip install learn2learn" in recs["maml"]["error"]
@@ -174,9 +195,12 @@ def test_interrupt_keeps_finished_work(tmp_path, monkeypatch):
 
 def test_test_mismatch_is_an_error():
     base = {"status": "ok", "setting": "5w1s", "train_fingerprint": "t", "shared_stream": True}
-    recs = [dict(base, method="a", test_fingerprint="x"), dict(base, method="b", test_fingerprint="x"),
-            dict(base, method="c", test_fingerprint="y"),
-            dict(base, method="mixed", test_fingerprint="x", train_fingerprint="other", shared_stream=False)]
+    recs = [
+        dict(base, method="a", test_fingerprint="x"),
+        dict(base, method="b", test_fingerprint="x"),
+        dict(base, method="c", test_fingerprint="y"),
+        dict(base, method="mixed", test_fingerprint="x", train_fingerprint="other", shared_stream=False),
+    ]
     checks = harness.fingerprint_checks(recs)
     assert not checks["5w1s"]["test_fingerprints_agree"]
     assert checks["5w1s"]["train_fingerprints_agree"]
@@ -200,10 +224,10 @@ def test_mmnet_batch_shrinks_so_small_budgets_get_enough_steps():
     def batch(dataset, budget):
         return MMNetMethod(MethodContext(dataset, 5, 1, 1, 28, torch.device("cpu"), budget)).episodes_per_step
 
-    assert batch("glyphs", 160) == 1            # 160 steps rather than 10 batches of 16
+    assert batch("glyphs", 160) == 1  # 160 steps rather than 10 batches of 16
     assert batch("omniglot", 2000) == 2000 // MIN_STEPS
-    assert batch("omniglot", 10 ** 6) == 16     # the paper's batch at real budgets
-    assert batch("miniimagenet", 10 ** 6) == 4
+    assert batch("omniglot", 10**6) == 16  # the paper's batch at real budgets
+    assert batch("miniimagenet", 10**6) == 4
 
 
 def test_a_method_of_your_own_runs_beside_the_built_in_ones(tmp_path, monkeypatch):
@@ -222,15 +246,30 @@ def test_a_method_of_your_own_runs_beside_the_built_in_ones(tmp_path, monkeypatc
 
 def _run_own_method(tmp_path, resolve_method):
     out = tmp_path / "out"
-    code = harness.main(TINY + ["--methods", "custom_method:CosineCentroids,protonet", "--train-episodes", "8",
-                                "--test-episodes", "6", "--output", str(out)])
+    code = harness.main(
+        TINY
+        + [
+            "--methods",
+            "custom_method:CosineCentroids,protonet",
+            "--train-episodes",
+            "8",
+            "--test-episodes",
+            "6",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     recs = {r["method"]: r for r in _results(out)["records"]}
     assert set(recs) == {"cosine-centroids", "protonet"}
     assert recs["cosine-centroids"]["status"] == "ok"
     assert recs["cosine-centroids"]["test_fingerprint"] == recs["protonet"]["test_fingerprint"]
-    assert resolve_method("cosine-centroids") == "cosine-centroids"   # registered now
-    for bad, message in (("custom_method:Nope", "has no 'Nope'"), ("no_such_module:X", "cannot import"),
-                         ("custom_method:_scores", "not a subclass"), ("nope", "unknown method")):
+    assert resolve_method("cosine-centroids") == "cosine-centroids"  # registered now
+    for bad, message in (
+        ("custom_method:Nope", "has no 'Nope'"),
+        ("no_such_module:X", "cannot import"),
+        ("custom_method:_scores", "not a subclass"),
+        ("nope", "unknown method"),
+    ):
         with pytest.raises(ValueError, match=message):
             resolve_method(bad)

@@ -27,8 +27,21 @@ from mmnet_plugin.bench.methods import METHODS  # noqa: E402
 from mmnet_plugin.bench.published import RECIPE_SOURCES, SOURCES  # noqa: E402
 from mmnet_plugin.bench.recipes import RecipeError, parse_recipe_spec, rule_batch  # noqa: E402
 
-BASE = ["--dataset", "glyphs", "--settings", "5w1s", "--queries", "2", "--device", "cpu", "--seed", "5",
-        "--threads", "1", "--no-progress"]
+BASE = [
+    "--dataset",
+    "glyphs",
+    "--settings",
+    "5w1s",
+    "--queries",
+    "2",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def _main(out: Path, *extra: str) -> int:
@@ -46,8 +59,21 @@ def _records(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def val_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lb") / "out"
-    code = _main(out, "--methods", "maml,protonet,matchingnet", "--recipe", "published", "--train-episodes", "12",
-                 "--test-episodes", "6", "--val-points", "3", "--val-episodes", "4")
+    code = _main(
+        out,
+        "--methods",
+        "maml,protonet,matchingnet",
+        "--recipe",
+        "published",
+        "--train-episodes",
+        "12",
+        "--test-episodes",
+        "6",
+        "--val-points",
+        "3",
+        "--val-episodes",
+        "4",
+    )
     return out, code
 
 
@@ -63,10 +89,15 @@ def test_recipes_name_known_sources_and_published_ones_are_described():
 
 def test_recipe_spec_and_defaults():
     recipes = {n: list(c.RECIPES) for n, c in METHODS.items()}
-    assert parse_recipe_spec(None, ["mmnet", "maml"], recipes, "omniglot") == {"mmnet": "published", "maml": "published"}
+    assert parse_recipe_spec(None, ["mmnet", "maml"], recipes, "omniglot") == {
+        "mmnet": "published",
+        "maml": "published",
+    }
     assert parse_recipe_spec(None, ["mmnet"], recipes, "glyphs") == {"mmnet": "harness"}
     assert parse_recipe_spec("published,maml=harness", ["mmnet", "maml"], recipes, "glyphs") == {
-        "mmnet": "published", "maml": "harness"}
+        "mmnet": "published",
+        "maml": "harness",
+    }
     with pytest.raises(RecipeError, match="unknown recipe 'nofce' for method maml"):
         parse_recipe_spec("maml=nofce", ["maml"], recipes, "omniglot")
     # the bare command keeps the recipe and protocol of before (no validation); real data validates
@@ -87,8 +118,9 @@ def test_protonet_published_trains_on_five_queries_of_the_shared_episode():
     from mmnet_plugin.bench.methods.protonet import first_queries
 
     qy = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
-    ep = Episode(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.arange(14.0).view(14, 1, 1, 1).expand(14, 1, 4, 4),
-                 qy)
+    ep = Episode(
+        torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.arange(14.0).view(14, 1, 1, 1).expand(14, 1, 4, 4), qy
+    )
     cut = first_queries(ep, 5)
     assert torch.bincount(cut.query_y).tolist() == [5, 5]
     assert cut.query_x[:, 0, 0, 0].tolist() == list(range(10))  # the first five of each class, in order
@@ -135,8 +167,22 @@ def test_tested_weights_are_the_best_on_val_ones(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_train, "_validate", fake_validate)
     out = tmp_path / "out"
-    assert _main(out, "--methods", "protonet", "--recipe", "published", "--train-episodes", "8",
-                 "--test-episodes", "3", "--val-every", "2") == 0
+    assert (
+        _main(
+            out,
+            "--methods",
+            "protonet",
+            "--recipe",
+            "published",
+            "--train-episodes",
+            "8",
+            "--test-episodes",
+            "3",
+            "--val-every",
+            "2",
+        )
+        == 0
+    )
     rec = _records(out)["protonet"]
     assert rec["best_val"]["step"] == 2 and rec["best_val"]["val_accuracy"] == 0.9
     assert [p["step"] for p in rec["curve"]] == [2, 4, 6, 8]
@@ -162,10 +208,23 @@ def test_budget_seconds_trains_every_method_for_the_budget_on_one_stream(tmp_pat
 
 def test_training_fingerprints_are_compared_where_both_streams_reached():
     recs = []
-    for m, n, marks in (("a", 5, {"1": "x1", "2": "x2", "4": "x4"}), ("b", 9, {"1": "x1", "2": "x2", "4": "x4", "8": "x8"}),
-                        ("c", 6, {"1": "x1", "2": "x2", "4": "OTHER"})):
-        recs.append({"status": "ok", "method": m, "setting": "5w1s", "test_fingerprint": "t", "shared_stream": True,
-                     "train_episodes": n, "train_fingerprint": m, "train_fingerprint_marks": marks})
+    for m, n, marks in (
+        ("a", 5, {"1": "x1", "2": "x2", "4": "x4"}),
+        ("b", 9, {"1": "x1", "2": "x2", "4": "x4", "8": "x8"}),
+        ("c", 6, {"1": "x1", "2": "x2", "4": "OTHER"}),
+    ):
+        recs.append(
+            {
+                "status": "ok",
+                "method": m,
+                "setting": "5w1s",
+                "test_fingerprint": "t",
+                "shared_stream": True,
+                "train_episodes": n,
+                "train_fingerprint": m,
+                "train_fingerprint_marks": marks,
+            }
+        )
     checks = harness.fingerprint_checks(recs)["5w1s"]
     assert checks["train_compared_at_episodes"] == 4 and not checks["train_fingerprints_agree"]
     assert [r["check"] for r in recs][:2] == ["ok", "ok"] and recs[2]["check"].startswith("ERROR")
@@ -269,8 +328,10 @@ def test_unwritable_output_is_one_line(tmp_path, capsys, no_training):
     assert "--output" in err and "not writable" in err and err.count("\n") == 1
 
 
-@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
-                    reason="root writes into read-only folders")
+@pytest.mark.skipif(
+    hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+    reason="root writes into read-only folders",
+)
 def test_read_only_output_is_one_line(tmp_path, capsys, no_training):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -284,8 +345,22 @@ def test_read_only_output_is_one_line(tmp_path, capsys, no_training):
 
 def test_protonet_train_ways_is_its_own_stream_with_five_queries(tmp_path, capsys):
     out = tmp_path / "out"
-    assert _main(out, "--methods", "protonet,matchingnet", "--recipe", "published", "--protonet-train-ways", "8",
-                 "--train-episodes", "3", "--test-episodes", "3") == 0
+    assert (
+        _main(
+            out,
+            "--methods",
+            "protonet,matchingnet",
+            "--recipe",
+            "published",
+            "--protonet-train-ways",
+            "8",
+            "--train-episodes",
+            "3",
+            "--test-episodes",
+            "3",
+        )
+        == 0
+    )
     recs = _records(out)
     p, m = recs["protonet"], recs["matchingnet"]
     assert p["train_stream"]["ways"] == [8, 8] and p["train_stream"]["queries"] == 5 and not p["shared_stream"]

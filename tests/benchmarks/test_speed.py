@@ -18,8 +18,27 @@ from mmnet_plugin.bench import speed  # noqa: E402
 
 def test_speed_reports_targets_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "speed.json"
-    assert speed.main(["--device", "cpu", "--methods", "protonet,mmnet", "--rounds", "1", "--queries", "2",
-                       "--test-episodes", "2", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        speed.main(
+            [
+                "--device",
+                "cpu",
+                "--methods",
+                "protonet,mmnet",
+                "--rounds",
+                "1",
+                "--queries",
+                "2",
+                "--test-episodes",
+                "2",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "target MM-Net training step <= 1.5x ProtoNet's" in printed
     res = json.loads(out.read_text())["results"][0]

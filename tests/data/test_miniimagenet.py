@@ -88,8 +88,9 @@ def test_stand_in_pixels_and_resize(stand_in: Path, stand_in_cache: Path) -> Non
     odd = ds.filenames.index(ODD_SIZE)
     assert ds[odd][0].shape == (3, 84, 84)
     img, label = ds[odd]
-    assert label == 1 and torch.allclose(img.mean(dim=(1, 2)), torch.tensor(_colour("n01558993", 3)) / 255,
-                                         atol=4 / 255)
+    assert label == 1 and torch.allclose(
+        img.mean(dim=(1, 2)), torch.tensor(_colour("n01558993", 3)) / 255, atol=4 / 255
+    )
 
 
 def test_stand_in_root_may_be_the_dataset_folder(stand_in: Path, stand_in_cache: Path) -> None:

@@ -79,11 +79,15 @@ def make_fake_omniglot(
                 p = folder / n
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data)
-    lines = split_lines if split_lines is not None else {
-        "train": [f"Alpha/character01/rot{d:03d}" for d in (0, 90, 180, 270)]
-        + [f"Gamma/character02/rot{d:03d}" for d in (0, 90, 180, 270)],
-        "test": [f"Beta/character01/rot{d:03d}" for d in (0, 90, 180, 270)],
-    }
+    lines = (
+        split_lines
+        if split_lines is not None
+        else {
+            "train": [f"Alpha/character01/rot{d:03d}" for d in (0, 90, 180, 270)]
+            + [f"Gamma/character02/rot{d:03d}" for d in (0, 90, 180, 270)],
+            "test": [f"Beta/character01/rot{d:03d}" for d in (0, 90, 180, 270)],
+        }
+    )
     sdir = folder / "splits" / "vinyals"
     sdir.mkdir(parents=True, exist_ok=True)
     for split, ls in lines.items():
@@ -99,10 +103,15 @@ def fake_counts(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- fake: validation
 def test_corrupt_png_is_reported_by_name(tmp_path: Path) -> None:
     bad = "images_background/Alpha/character02/0002_07.png"
-    zpath = _write_zip(tmp_path / "images_background.zip",
-                       {**_members("images_background", FAKE["images_background"]), bad: b"not a png"})
-    with pytest.raises(DataCorruptError, match=r"images_background\.zip: Alpha/character02/0002_07\.png "
-                                                r"does not decode as PNG"):
+    zpath = _write_zip(
+        tmp_path / "images_background.zip",
+        {**_members("images_background", FAKE["images_background"]), bad: b"not a png"},
+    )
+    with pytest.raises(
+        DataCorruptError,
+        match=r"images_background\.zip: Alpha/character02/0002_07\.png "
+        r"does not decode as PNG",
+    ):
         decode_omniglot_archive(zpath)
 
 
@@ -128,8 +137,7 @@ def test_missing_image_and_wrong_counts_are_reported(tmp_path: Path) -> None:
     assert "images_background.zip" in msg
 
 
-@pytest.mark.parametrize("member", ["../evil.png", "images_background/../../evil.png", "/abs/evil.png",
-                                    "C:/evil.png"])
+@pytest.mark.parametrize("member", ["../evil.png", "images_background/../../evil.png", "/abs/evil.png", "C:/evil.png"])
 def test_hostile_member_is_refused(tmp_path: Path, member: str) -> None:
     members = _members("images_background", {"Alpha": 1})
     members[member] = _png(0)
@@ -241,8 +249,7 @@ def test_fake_lake_and_vinyals_splits(tmp_path: Path, fake_counts: None) -> None
     assert lake_rot.num_classes == 4 and lake_rot.class_names[1] == "Gamma/character01/rot180"
 
 
-def test_fake_cache_is_used_and_identical(tmp_path: Path, fake_counts: None,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_cache_is_used_and_identical(tmp_path: Path, fake_counts: None, monkeypatch: pytest.MonkeyPatch) -> None:
     make_fake_omniglot(tmp_path)
     cache = tmp_path / "cache"
     first = load_omniglot_images(tmp_path, image_size=20, cache_dir=cache)
@@ -272,7 +279,7 @@ def test_fake_corrupt_cache_is_rebuilt(tmp_path: Path, fake_counts: None) -> Non
     # flipped bytes inside the image array (zip CRC catches them)
     data = bytearray(first.cache_file.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 64] = bytes(255 - b for b in data[mid:mid + 64])
+    data[mid : mid + 64] = bytes(255 - b for b in data[mid : mid + 64])
     first.cache_file.write_bytes(bytes(data))
     with pytest.warns(CacheWarning):
         third = load_omniglot_images(tmp_path, cache_dir=cache)

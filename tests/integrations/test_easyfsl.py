@@ -103,14 +103,19 @@ def test_stream_for_the_trainer(dataset):
     "batch, match",
     [
         ([torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 1, 1])], "collate_fn=sampler.episodic_collate_fn"),
-        ((torch.zeros(2, 1, 2, 2), torch.tensor([1, 2]), torch.zeros(2, 1, 2, 2), torch.tensor([1, 2]), [4, 5]),
-         "not 0..1"),
-        ((torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), [4, 5, 6]),
-         "3 class ids for 2 ways"),
-        ((torch.zeros(2, 1, 2, 2), [0, 1], torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), [4, 5]),
-         "must be a tensor"),
-        ((torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), torch.zeros(2, 1, 2, 2), torch.tensor([0, 3]), [4, 5]),
-         "query label 3 is outside"),
+        (
+            (torch.zeros(2, 1, 2, 2), torch.tensor([1, 2]), torch.zeros(2, 1, 2, 2), torch.tensor([1, 2]), [4, 5]),
+            "not 0..1",
+        ),
+        (
+            (torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), [4, 5, 6]),
+            "3 class ids for 2 ways",
+        ),
+        ((torch.zeros(2, 1, 2, 2), [0, 1], torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), [4, 5]), "must be a tensor"),
+        (
+            (torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), torch.zeros(2, 1, 2, 2), torch.tensor([0, 3]), [4, 5]),
+            "query label 3 is outside",
+        ),
         ("not a batch", "5-tuple"),
     ],
 )

@@ -133,8 +133,11 @@ def test_example_runs_with_a_tiny_budget(framework, args, tmp_path, omniglot_env
     script = EXAMPLES / f"{framework}_omniglot.py"
     local = tmp_path / script.name
     shutil.copy(script, local)  # run from an empty folder, away from the checkout
-    out = _run([local.name, "--steps", "2", "--episodes", "2", "--queries", "2", "--device", "cpu", *args],
-               tmp_path, omniglot_env)
+    out = _run(
+        [local.name, "--steps", "2", "--episodes", "2", "--queries", "2", "--device", "cpu", *args],
+        tmp_path,
+        omniglot_env,
+    )
     assert out.returncode == 0, f"{framework} example failed:\n{out.stdout}\n{out.stderr}"
     match = re.search(r"test accuracy: (\d+\.\d+)", out.stdout)
     assert match, out.stdout

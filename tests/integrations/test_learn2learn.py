@@ -178,12 +178,16 @@ def test_benchmark_style_taskset_over_glyphs():
 
     glyphs = load_dataset("glyphs", split="test", classes=12, images_per_class=6)
     md = meta_dataset(glyphs)
-    tasks = l2l.data.Taskset(md, task_transforms=[
-        l2l.data.transforms.FusedNWaysKShots(md, n=5, k=1 + 3),
-        l2l.data.transforms.LoadData(md),
-        l2l.data.transforms.RemapLabels(md),
-        l2l.data.transforms.ConsecutiveLabels(md),
-    ], num_tasks=10)
+    tasks = l2l.data.Taskset(
+        md,
+        task_transforms=[
+            l2l.data.transforms.FusedNWaysKShots(md, n=5, k=1 + 3),
+            l2l.data.transforms.LoadData(md),
+            l2l.data.transforms.RemapLabels(md),
+            l2l.data.transforms.ConsecutiveLabels(md),
+        ],
+        num_tasks=10,
+    )
     eps = list(TasksetEpisodes(tasks, shots=1, episodes=4))
     assert len(eps) == 4
     for ep in eps:
@@ -248,10 +252,10 @@ def _task(labels, side=2) -> Tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(
     "task, shots, match",
     [
-        (_task([3, 3, 7, 7]), 1, "RemapLabels"),                      # dataset labels, not 0..C-1
-        (_task([0, 0, 2, 2]), 1, "RemapLabels"),                      # a gap in the labels
-        (_task([0, 0, 0, 1, 1]), 1, "KShots"),                        # unequal items per class
-        (_task([0, 0, 1, 1]), 2, r"does not split into 2 support"),   # no query left
+        (_task([3, 3, 7, 7]), 1, "RemapLabels"),  # dataset labels, not 0..C-1
+        (_task([0, 0, 2, 2]), 1, "RemapLabels"),  # a gap in the labels
+        (_task([0, 0, 0, 1, 1]), 1, "KShots"),  # unequal items per class
+        (_task([0, 0, 1, 1]), 2, r"does not split into 2 support"),  # no query left
         ((torch.zeros(5, 1, 2, 2), torch.tensor([0, 0, 1, 1])), 1, "one to one"),
         ((torch.zeros(4, 1, 2, 2),), 1, r"\(data, labels\) pair"),
         ((torch.zeros(4, 1, 2, 2), torch.zeros(4), torch.zeros(4)), 1, r"\(data, labels\)"),

@@ -18,6 +18,7 @@ from mmnet_plugin.episodes import Episode
 from mmnet_plugin.integrations import torchmeta as tm_adapter
 from mmnet_plugin.integrations.torchmeta import KNOWN_VERSIONS, episodes_from_torchmeta, patch_torchmeta
 
+
 def _required() -> bool:
     return "1" in (os.environ.get("MMNET_REQUIRE_FRAMEWORKS"), os.environ.get("MMNET_REQUIRE_DATA"))
 
@@ -91,8 +92,7 @@ def test_patch_is_idempotent():
 
 def test_unknown_version_is_refused_with_a_clear_message(monkeypatch):
     real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "1.9.0" if name == "torchmeta" else real(name))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.9.0" if name == "torchmeta" else real(name))
     with pytest.raises(RuntimeError, match=r"torchmeta 1\.9\.0 is installed.*allow_unknown_version=True"):
         patch_torchmeta()
     assert patch_torchmeta(allow_unknown_version=True) == ()
@@ -215,14 +215,29 @@ def _batch(sy, qy, b=1):
         ({"train": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]]))}, "ClassSplitter"),
         ({"foo": 1, "bar": 2}, r"has keys \['foo', 'bar'\]"),
         ([torch.zeros(1)], "mapping"),
-        (_batch([3, 4], [3, 4]), "Categorical"),                      # labels not 0..C-1
-        (_batch([0, 0], [0, 1]), "query label 1 is outside"),         # a query class with no support
-        ({"train": (torch.zeros(1, 2, 1, 2, 2), [torch.tensor([[5, 6]]), torch.tensor([[0, 0]])]),
-          "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]]))}, "Categorical"),  # tuple targets
-        ({"train": (torch.zeros(2, 2, 1, 2, 2), torch.tensor([[0, 1], [0, 1]])),
-          "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]]))}, "same tasks"),
-        ({"train": (torch.zeros(1, 3, 1, 2, 2), torch.tensor([[0, 1]])),
-          "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]]))}, r"\[B, N\]"),
+        (_batch([3, 4], [3, 4]), "Categorical"),  # labels not 0..C-1
+        (_batch([0, 0], [0, 1]), "query label 1 is outside"),  # a query class with no support
+        (
+            {
+                "train": (torch.zeros(1, 2, 1, 2, 2), [torch.tensor([[5, 6]]), torch.tensor([[0, 0]])]),
+                "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]])),
+            },
+            "Categorical",
+        ),  # tuple targets
+        (
+            {
+                "train": (torch.zeros(2, 2, 1, 2, 2), torch.tensor([[0, 1], [0, 1]])),
+                "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]])),
+            },
+            "same tasks",
+        ),
+        (
+            {
+                "train": (torch.zeros(1, 3, 1, 2, 2), torch.tensor([[0, 1]])),
+                "test": (torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]])),
+            },
+            r"\[B, N\]",
+        ),
         ({"train": torch.zeros(1, 2), "test": torch.zeros(1, 2)}, r"\(inputs, targets\)"),
     ],
 )

@@ -15,7 +15,7 @@ def test_contextual_learner_packed_batch_equals_one_by_one():
     w = learner(keys, n_used)
     assert w.shape == (3, 4, 1, 3, 3)
     for b in range(3):
-        one = learner(keys[b:b + 1, : n_used[b]], n_used[b:b + 1])
+        one = learner(keys[b : b + 1, : n_used[b]], n_used[b : b + 1])
         assert torch.allclose(w[b], one[0], atol=1e-6)
     # the encoding reads the slots in order: reversing them changes W
     rev = keys[1:2].flip(1)
@@ -41,8 +41,8 @@ def test_grouped_depthwise_conv_equals_per_episode_convs():
     out = episode_depthwise_conv(x, filters, counts)
     start = 0
     for b, n in enumerate(counts):
-        ref = F.conv2d(x[start:start + n], filters[b], padding=1, groups=4)
-        assert torch.allclose(out[start:start + n], ref, atol=1e-5)
+        ref = F.conv2d(x[start : start + n], filters[b], padding=1, groups=4)
+        assert torch.allclose(out[start : start + n], ref, atol=1e-5)
         start += n
     with pytest.raises(ValueError):
         episode_depthwise_conv(x, filters, [2, 5])
@@ -67,10 +67,8 @@ def test_sync_free_lstm_equals_the_packed_one(input_norm, static_bias):
     """The padded two-layout LSTM (no host sync, for GPUs) gives the packed LSTM's numbers,
     and its gradients."""
     torch.manual_seed(0)
-    packed = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias,
-                               sync_free=False)
-    padded = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias,
-                               sync_free=True)
+    packed = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias, sync_free=False)
+    padded = ContextualLearner(dm=6, dr=5, channels=4, input_norm=input_norm, static_bias=static_bias, sync_free=True)
     padded.load_state_dict(packed.state_dict())
     n_used = torch.tensor([2, 7, 1, 4])
     keys = torch.randn(4, 7, 6) * (torch.arange(7) < n_used.unsqueeze(1)).unsqueeze(2)

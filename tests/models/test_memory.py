@@ -68,7 +68,7 @@ def test_batch_equals_episodes_one_by_one():
     for slots in (None, 3):
         batched = write_memory(zk, labels, torch.tensor(lengths), slots)
         for b, length in enumerate(lengths):
-            one = write_memory(zk[b:b + 1, :length], labels[b:b + 1, :length], torch.tensor([length]), slots)
+            one = write_memory(zk[b : b + 1, :length], labels[b : b + 1, :length], torch.tensor([length]), slots)
             m = one.keys.shape[1]
             assert batched.n_used[b] == one.n_used[0]
             assert torch.equal(batched.labels[b, :m], one.labels[0])

@@ -99,9 +99,17 @@ def test_every_parameter_gets_a_gradient(form):
     loss = model.loss([make_episode(3, 2, 2, 0), make_episode(4, 1, 2, 1)])
     loss.backward()
     names = [n for n, _ in model.named_parameters()]
-    parts = ["backbone.blocks.0.0.weight", "backbone.blocks.3.1.bias", "tz.weight", "tc.weight",
-             "contextual.lstm.weight_hh_l0_reverse", "query_block.pointwise_in.weight",
-             "query_block.pointwise_out.weight", "query_block.bn.weight", "log_scale"]
+    parts = [
+        "backbone.blocks.0.0.weight",
+        "backbone.blocks.3.1.bias",
+        "tz.weight",
+        "tc.weight",
+        "contextual.lstm.weight_hh_l0_reverse",
+        "query_block.pointwise_in.weight",
+        "query_block.pointwise_out.weight",
+        "query_block.bn.weight",
+        "log_scale",
+    ]
     parts += ["query_gate", "contextual.norm.weight"] if form == "residual" else ["contextual.tp.bias"]
     for part in parts:
         assert part in names
@@ -138,8 +146,9 @@ def test_loss_is_eq8_written_out():
     assert math.isclose(model.loss(eps).item(), sum(per_episode) / 2, rel_tol=1e-4, abs_tol=1e-4)
     # P = s * f . g
     s = float(model.similarity_scale)
-    assert torch.allclose(out.episode_similarities(0),
-                          s * out.query_embeddings[0, :6] @ out.support_embeddings[0, :6].T, atol=1e-4)
+    assert torch.allclose(
+        out.episode_similarities(0), s * out.query_embeddings[0, :6] @ out.support_embeddings[0, :6].T, atol=1e-4
+    )
 
 
 def test_similarity_scale_multiplies_p():
@@ -286,10 +295,18 @@ def test_bad_inputs_raise_value_errors():
         model(torch.rand(2, 1, 28, 28), torch.tensor([0, 2]), torch.rand(1, 1, 28, 28))
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"decision": "vote"}, {"similarity_scale": 0.0}, {"similarity_scale": "auto"}, {"memory_slots": 0},
-    {"backbone": nn.Linear(3, 3)}, {"image_size": 8}, {"in_channels": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"decision": "vote"},
+        {"similarity_scale": 0.0},
+        {"similarity_scale": "auto"},
+        {"memory_slots": 0},
+        {"backbone": nn.Linear(3, 3)},
+        {"image_size": 8},
+        {"in_channels": 0},
+    ],
+)
 def test_bad_settings_raise_value_errors(kwargs):
     with pytest.raises(ValueError):
         tiny(**kwargs)
@@ -297,8 +314,7 @@ def test_bad_settings_raise_value_errors(kwargs):
 
 # ---------------------------------------------------------------- from_checkpoint
 def _save(path, model, config=None, **extra):
-    torch.save({"model": model.state_dict(), "model_config": model.config if config is None else config,
-                **extra}, path)
+    torch.save({"model": model.state_dict(), "model_config": model.config if config is None else config, **extra}, path)
 
 
 @pytest.mark.parametrize("form", ["residual", "paper"])
@@ -325,7 +341,7 @@ def test_from_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
     _save(tmp_path / "unknown.pt", model, dict(model.config, colour="blue"))
     with pytest.raises(CheckpointError, match=r"unknown.pt: unknown model option\(s\) colour"):
         MMNet.from_checkpoint(tmp_path / "unknown.pt")
-    _save(tmp_path / "other.pt", model, dict(model.config, dm=32))       # weights of dm=16
+    _save(tmp_path / "other.pt", model, dict(model.config, dm=32))  # weights of dm=16
     with pytest.raises(CheckpointError, match="other.pt: the weights do not fit"):
         MMNet.from_checkpoint(tmp_path / "other.pt")
     _save(tmp_path / "form.pt", model, dict(model.config, query_branch="paper"))

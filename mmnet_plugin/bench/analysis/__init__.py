@@ -34,8 +34,27 @@ Run: ``python -m mmnet_plugin.bench.analysis --dataset glyphs --output runs/anal
 
 from .cli import build_parser, main
 from .core import Analysis
-from .helpers import (ABLATION_GROUPS, FORMAT, PAPER_SCHEDULE_EPISODES, PARTS, PIPELINE_CHECK_EPISODES, TrainedModel,
-                      png_size, row_standardised_contrast)
+from .helpers import (
+    ABLATION_GROUPS,
+    FORMAT,
+    PAPER_SCHEDULE_EPISODES,
+    PARTS,
+    PIPELINE_CHECK_EPISODES,
+    TrainedModel,
+    png_size,
+    row_standardised_contrast,
+)
 
-__all__ = ["PARTS", "ABLATION_GROUPS", "FORMAT", "PIPELINE_CHECK_EPISODES", "PAPER_SCHEDULE_EPISODES", "Analysis",
-           "TrainedModel", "build_parser", "main", "png_size", "row_standardised_contrast"]
+__all__ = [
+    "PARTS",
+    "ABLATION_GROUPS",
+    "FORMAT",
+    "PIPELINE_CHECK_EPISODES",
+    "PAPER_SCHEDULE_EPISODES",
+    "Analysis",
+    "TrainedModel",
+    "build_parser",
+    "main",
+    "png_size",
+    "row_standardised_contrast",
+]

@@ -22,8 +22,7 @@ from mmnet_plugin.models import MMNet
 from mmnet_plugin.training import TrainConfig, Trainer
 
 from ..files import safe_torch_load  # torch.load with weights_only=True
-from .helpers import (FORMAT, Setting, TrainedModel, _atomic_write_bytes, _atomic_write_json, _key, _seed_for,
-                      _setting)
+from .helpers import FORMAT, Setting, TrainedModel, _atomic_write_bytes, _atomic_write_json, _key, _seed_for, _setting
 from .parts import Parts
 from .report import Report
 
@@ -46,14 +45,16 @@ class Analysis(Parts, Report):
         if args.eval_split == args.train_split or (args.train_split == "trainval" and args.eval_split == "val"):
             raise ValueError(
                 f"--eval-split {args.eval_split} holds classes of --train-split {args.train_split}; evaluate on "
-                "classes never trained on (val for choices, test for reporting)")
+                "classes never trained on (val for choices, test for reporting)"
+            )
         self.test_ds = load_dataset(args.dataset, split=args.eval_split, data_root=args.data_root)
         x = self.test_ds.load(np.asarray([0]))
         self.in_channels, self.image_size = int(x.shape[1]), int(x.shape[2])
         self.batch_episodes = args.batch_episodes or (4 if args.dataset == "miniimagenet" else 16)
         # Omniglot 5-way saturates near 100%, where every ablation's interval overlaps: compare at 20-way.
-        self.ablation_setting: Setting = tuple(args.ablation_setting or ((20, 1) if args.dataset == "omniglot"
-                                                                         else (5, 5)))
+        self.ablation_setting: Setting = tuple(
+            args.ablation_setting or ((20, 1) if args.dataset == "omniglot" else (5, 5))
+        )
         self._test_sets: Dict[Setting, Tuple[List[Episode], str]] = {}
         self._models: Dict[str, TrainedModel] = {}
         self.results: Dict[str, Any] = {
@@ -75,19 +76,31 @@ class Analysis(Parts, Report):
     # ------------------------------------------------------------------ description
     def describe(self) -> Dict[str, Any]:
         a = self.args
-        return {"dataset": a.dataset, "train_split": a.train_split, "eval_split": a.eval_split,
-                "seed": a.seed, "steps": a.steps,
-                "batch_episodes": self.batch_episodes, "test_episodes": a.test_episodes,
-                "ablation_setting": _setting(*self.ablation_setting),
-                "queries": a.queries, "dm": a.dm, "dr": a.dr, "dr_values": list(a.dr_values),
-                "in_channels": self.in_channels, "image_size": self.image_size,
-                "device_type": self.device.type}
+        return {
+            "dataset": a.dataset,
+            "train_split": a.train_split,
+            "eval_split": a.eval_split,
+            "seed": a.seed,
+            "steps": a.steps,
+            "batch_episodes": self.batch_episodes,
+            "test_episodes": a.test_episodes,
+            "ablation_setting": _setting(*self.ablation_setting),
+            "queries": a.queries,
+            "dm": a.dm,
+            "dr": a.dr,
+            "dr_values": list(a.dr_values),
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "device_type": self.device.type,
+        }
 
     def budget(self) -> str:
         a = self.args
-        return (f"{a.steps} steps x {self.batch_episodes} episodes = {a.steps * self.batch_episodes} training "
-                f"episodes per model; {a.test_episodes} {a.eval_split}-split episodes per setting, "
-                f"{a.queries} queries/class")
+        return (
+            f"{a.steps} steps x {self.batch_episodes} episodes = {a.steps * self.batch_episodes} training "
+            f"episodes per model; {a.test_episodes} {a.eval_split}-split episodes per setting, "
+            f"{a.queries} queries/class"
+        )
 
     def log(self, text: str) -> None:
         if not self.args.quiet:
@@ -98,9 +111,14 @@ class Analysis(Parts, Report):
         """The test episodes of a setting (drawn once; the same for every model)."""
         key = (ways, shots)
         if key not in self._test_sets:
-            sampler = EpisodeSampler(self.test_ds, ways, shots, self.args.queries,
-                                     seed=_seed_for(self.args.seed, "test", ways, shots),
-                                     episodes=self.args.test_episodes)
+            sampler = EpisodeSampler(
+                self.test_ds,
+                ways,
+                shots,
+                self.args.queries,
+                seed=_seed_for(self.args.seed, "test", ways, shots),
+                episodes=self.args.test_episodes,
+            )
             episodes = list(sampler)
             self._test_sets[key] = (episodes, sampler.fingerprint)
             name = _setting(ways, shots)
@@ -109,18 +127,30 @@ class Analysis(Parts, Report):
         return self._test_sets[key]
 
     def _train_sampler(self, ways: IntOrRange, shots: IntOrRange) -> EpisodeSampler:
-        return EpisodeSampler(self.train_ds, ways, shots, self.args.queries,
-                              seed=_seed_for(self.args.seed, "train"), episodes=None)
+        return EpisodeSampler(
+            self.train_ds, ways, shots, self.args.queries, seed=_seed_for(self.args.seed, "train"), episodes=None
+        )
 
     # ------------------------------------------------------------------ models
     def mmnet_options(self, **overrides: Any) -> Dict[str, Any]:
-        opts: Dict[str, Any] = {"in_channels": self.in_channels, "image_size": self.image_size,
-                                "dm": self.args.dm, "dr": self.args.dr}
+        opts: Dict[str, Any] = {
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "dm": self.args.dm,
+            "dr": self.args.dr,
+        }
         opts.update(overrides)
         return opts
 
-    def train(self, name: str, kind: str, ways: IntOrRange, shots: IntOrRange,
-              tests: Sequence[Setting], options: Optional[Dict[str, Any]] = None) -> TrainedModel:
+    def train(
+        self,
+        name: str,
+        kind: str,
+        ways: IntOrRange,
+        shots: IntOrRange,
+        tests: Sequence[Setting],
+        options: Optional[Dict[str, Any]] = None,
+    ) -> TrainedModel:
         """Train (or load) one model and test it on ``tests``.
 
         Args:
@@ -132,9 +162,19 @@ class Analysis(Parts, Report):
         """
         a = self.args
         options = dict(options or {})
-        config = {"kind": kind, "ways": ways, "shots": shots, "options": options, "steps": a.steps,
-                  "batch_episodes": self.batch_episodes, "queries": a.queries, "seed": a.seed,
-                  "dataset": a.dataset, "train_split": a.train_split, "device_type": self.device.type}
+        config = {
+            "kind": kind,
+            "ways": ways,
+            "shots": shots,
+            "options": options,
+            "steps": a.steps,
+            "batch_episodes": self.batch_episodes,
+            "queries": a.queries,
+            "seed": a.seed,
+            "dataset": a.dataset,
+            "train_split": a.train_split,
+            "device_type": self.device.type,
+        }
         key = _key(config)
         if key in self._models:
             tm = self._models[key]
@@ -148,8 +188,12 @@ class Analysis(Parts, Report):
             res = tm.record["tests"].get(setting)
             if res is None or res.get("fingerprint") != fp:
                 r: EvaluationResult = evaluate(tm.predictor, episodes, device=self.device, batch_episodes=25)
-                tm.record["tests"][setting] = {"accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes,
-                                               "fingerprint": r.fingerprint}
+                tm.record["tests"][setting] = {
+                    "accuracy": r.accuracy,
+                    "ci95": r.ci95,
+                    "episodes": r.episodes,
+                    "fingerprint": r.fingerprint,
+                }
                 changed = True
                 self.log(f"  {name} on {setting}: {r.summary()}")
         if changed:
@@ -167,15 +211,30 @@ class Analysis(Parts, Report):
                 from ..methods.matchingnet import MatchingNetMethod
 
                 MatchingNetMethod.check_available()
-                ctx = MethodContext(self.args.dataset, 5, 5, self.in_channels, self.image_size, self.device,
-                                    self.args.steps * self.batch_episodes)
+                ctx = MethodContext(
+                    self.args.dataset,
+                    5,
+                    5,
+                    self.in_channels,
+                    self.image_size,
+                    self.device,
+                    self.args.steps * self.batch_episodes,
+                )
                 method = MatchingNetMethod(ctx)
                 method.build()
                 return method.model, method
         raise ValueError(f"unknown model kind {kind!r}")
 
-    def _train_or_load(self, key: str, name: str, kind: str, ways: IntOrRange, shots: IntOrRange,
-                       options: Dict[str, Any], config: Dict[str, Any]) -> TrainedModel:
+    def _train_or_load(
+        self,
+        key: str,
+        name: str,
+        kind: str,
+        ways: IntOrRange,
+        shots: IntOrRange,
+        options: Dict[str, Any],
+        config: Dict[str, Any],
+    ) -> TrainedModel:
         a = self.args
         rec_path = self.out / "models" / f"{key}.json"
         pt_path = self.out / "models" / f"{key}.pt"
@@ -185,7 +244,9 @@ class Analysis(Parts, Report):
             try:
                 old = json.loads(rec_path.read_text())
                 if old.get("config") == json.loads(json.dumps(config, default=str)):
-                    model.load_state_dict(safe_torch_load(pt_path, map_location=self.device))  # weights_only=True; ValueError naming the file
+                    model.load_state_dict(
+                        safe_torch_load(pt_path, map_location=self.device)
+                    )  # weights_only=True; ValueError naming the file
                     record = old
                     self.log(f"{name}: reusing {rec_path.name} (trained before)")
             except (ValueError, OSError, RuntimeError) as exc:
@@ -198,9 +259,14 @@ class Analysis(Parts, Report):
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(_seed_for(a.seed, "train-rng"))
                 history = self._fit(kind, model, method, sampler)
-            record = {"name": name, "config": json.loads(json.dumps(config, default=str)), "history": history,
-                      "train_fingerprint": sampler.fingerprint, "train_seconds": time.perf_counter() - t0,
-                      "tests": {}}
+            record = {
+                "name": name,
+                "config": json.loads(json.dumps(config, default=str)),
+                "history": history,
+                "train_fingerprint": sampler.fingerprint,
+                "train_seconds": time.perf_counter() - t0,
+                "tests": {},
+            }
             buf = io.BytesIO()
             torch.save(model.state_dict(), buf)
             _atomic_write_bytes(pt_path, buf.getvalue())
@@ -212,11 +278,22 @@ class Analysis(Parts, Report):
     def _fit(self, kind: str, model: torch.nn.Module, method: Any, sampler: EpisodeSampler) -> List[Dict[str, Any]]:
         a = self.args
         if kind == "mmnet":
-            trainer = Trainer(model, TrainConfig(steps=a.steps, batch_episodes=self.batch_episodes,
-                                                 device=str(self.device), progress=False, log_every=1))
+            trainer = Trainer(
+                model,
+                TrainConfig(
+                    steps=a.steps,
+                    batch_episodes=self.batch_episodes,
+                    device=str(self.device),
+                    progress=False,
+                    log_every=1,
+                ),
+            )
             trainer.fit(sampler)
-            return [{"step": r["step"], "loss": r["loss"], "accuracy": r["accuracy"]}
-                    for r in trainer.history if "loss" in r]
+            return [
+                {"step": r["step"], "loss": r["loss"], "accuracy": r["accuracy"]}
+                for r in trainer.history
+                if "loss" in r
+            ]
         history = []
         for step in range(1, a.steps + 1):
             batch = [ep.to(self.device) for ep in sampler.sample_batch(self.batch_episodes)]
@@ -236,4 +313,3 @@ class Analysis(Parts, Report):
     def save(self) -> None:
         self.results["config"] = self.describe()
         _atomic_write_json(self.out / "results.json", self.results)
-

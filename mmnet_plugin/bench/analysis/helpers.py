@@ -120,17 +120,18 @@ def _one_setting(text: str) -> Setting:
 
 def _subset_of(choices: Sequence[str], what: str) -> Callable[[str], List[str]]:
     """An argparse type: a comma-separated, non-empty subset of ``choices``."""
+
     def parse(text: str) -> List[str]:
         picked = [p.strip() for p in text.split(",") if p.strip()]
         bad = [p for p in picked if p not in choices]
         if bad or not picked:
             raise argparse.ArgumentTypeError(f"unknown {what}(s) {bad or text!r}; choose from {', '.join(choices)}")
         return picked
+
     return parse
 
 
 _parts = _subset_of(PARTS, "part")
-
 
 
 @dataclass

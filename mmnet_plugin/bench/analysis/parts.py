@@ -11,8 +11,16 @@ import torch
 
 from mmnet_plugin.episodes import Episode
 
-from .helpers import (TrainedModel, _atomic_savefig, _atomic_write_text, _overlap, _pct, _seed_for, _setting,
-                      row_standardised_contrast)
+from .helpers import (
+    TrainedModel,
+    _atomic_savefig,
+    _atomic_write_text,
+    _overlap,
+    _pct,
+    _seed_for,
+    _setting,
+    row_standardised_contrast,
+)
 
 __all__ = ["Parts"]
 
@@ -27,14 +35,21 @@ class Parts:
         out = []
         for label, w, k in rows:
             tm = self.train(label, "mmnet", w, k, tests, self.mmnet_options())
-            out.append({"model": label, "train": _setting(w, k),
-                        "tests": {_setting(*t): tm.record["tests"][_setting(*t)] for t in tests}})
-        lines = ["| training | " + " | ".join(f"5-way {k}-shot" for k in range(1, 6)) + " |",
-                 "|---|" + "---|" * 5]
+            out.append(
+                {
+                    "model": label,
+                    "train": _setting(w, k),
+                    "tests": {_setting(*t): tm.record["tests"][_setting(*t)] for t in tests},
+                }
+            )
+        lines = ["| training | " + " | ".join(f"5-way {k}-shot" for k in range(1, 6)) + " |", "|---|" + "---|" * 5]
         for r in out:
             lines.append(f"| {r['model']} | " + " | ".join(_pct(r["tests"][_setting(*t)]) for t in tests) + " |")
-        lines += ["", "Accuracy (%) +- 95% CI; test fingerprints: "
-                  + ", ".join(f"{_setting(*t)} `{self.test_set(*t)[1][:16]}`" for t in tests)]
+        lines += [
+            "",
+            "Accuracy (%) +- 95% CI; test fingerprints: "
+            + ", ".join(f"{_setting(*t)} `{self.test_set(*t)[1][:16]}`" for t in tests),
+        ]
         table = "\n".join(lines) + "\n"
         _atomic_write_text(self.out / "strategy.md", table)
         self.results["parts"]["strategy"] = {"rows": out, "table": table}
@@ -111,13 +126,19 @@ class Parts:
             if len(members) < 5 + n_q or n_q < 1:
                 raise ValueError(f"test class {int(c)} has {len(members)} images; need 5 + {n_q}")
             sup += list(members[:5])
-            qry += list(members[5:5 + n_q])
+            qry += list(members[5 : 5 + n_q])
             sy += [label] * 5
             qy += [label] * n_q
         images = self.test_ds.load(np.asarray(sup + qry))
-        return Episode(images[:len(sup)], torch.tensor(sy), images[len(sup):], torch.tensor(qy),
-                       class_ids=[int(c) for c in picked], support_indices=[int(i) for i in sup],
-                       query_indices=[int(i) for i in qry])
+        return Episode(
+            images[: len(sup)],
+            torch.tensor(sy),
+            images[len(sup) :],
+            torch.tensor(qy),
+            class_ids=[int(c) for c in picked],
+            support_indices=[int(i) for i in sup],
+            query_indices=[int(i) for i in qry],
+        )
 
     def part_tsne(self) -> None:
         import matplotlib
@@ -133,9 +154,10 @@ class Parts:
             s, q = self._embed(tm, ep)
             x = np.concatenate([s, q]).astype(np.float64)
             perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
-            y = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=self.args.seed % (2 ** 31)
-                     ).fit_transform(x)
-            ys, yq = y[:len(s)], y[len(s):]
+            y = TSNE(
+                n_components=2, perplexity=perplexity, init="pca", random_state=self.args.seed % (2**31)
+            ).fit_transform(x)
+            ys, yq = y[: len(s)], y[len(s) :]
             for c in range(5):
                 col = plt.cm.tab10(c)
                 ax.scatter(*yq[ep.query_y.numpy() == c].T, s=10, color=col, alpha=0.6, label=f"class {c}")
@@ -147,10 +169,13 @@ class Parts:
         fig.tight_layout()
         _atomic_savefig(fig, self.out / "tsne.png", self.args.dpi)
         plt.close(fig)
-        self.results["parts"]["tsne"] = {"figure": "tsne.png", "classes": ep.class_ids,
-                                         "images": int(ep.query_x.shape[0] + ep.support_x.shape[0]),
-                                         "mmnet_5w5s": mm.record["tests"]["5w5s"],
-                                         "matchingnet_5w5s": mn.record["tests"]["5w5s"]}
+        self.results["parts"]["tsne"] = {
+            "figure": "tsne.png",
+            "classes": ep.class_ids,
+            "images": int(ep.query_x.shape[0] + ep.support_x.shape[0]),
+            "mmnet_5w5s": mm.record["tests"]["5w5s"],
+            "matchingnet_5w5s": mn.record["tests"]["5w5s"],
+        }
 
     def part_similarity(self) -> None:
         import matplotlib
@@ -166,11 +191,15 @@ class Parts:
         stats = {}
         for ax, tm, title in ((axes[0], mm, "MM-Net"), (axes[1], mn, "Matching Networks")):
             s, q = self._embed(tm, ep)
-            sim = (q @ s.T)[qo][:, so]                                   # [25 query, 25 support]
+            sim = (q @ s.T)[qo][:, so]  # [25 query, 25 support]
             same = ep.query_y.numpy()[qo][:, None] == ep.support_y.numpy()[so][None, :]
             z_same, z_other = row_standardised_contrast(sim, same)
-            stats[title] = {"mean_same_class": float(sim[same].mean()), "mean_other_class": float(sim[~same].mean()),
-                            "row_z_same_class": z_same, "row_z_other_class": z_other}
+            stats[title] = {
+                "mean_same_class": float(sim[same].mean()),
+                "mean_other_class": float(sim[~same].mean()),
+                "row_z_same_class": z_same,
+                "row_z_other_class": z_other,
+            }
             im = ax.imshow(sim, cmap="viridis")
             for edge in range(5, 25, 5):  # class boundaries
                 ax.axhline(edge - 0.5, color="w", lw=0.6)
@@ -190,18 +219,29 @@ class Parts:
         reference (the full model with the analysis defaults)."""
         full = ("full MM-Net", {})
         return {
-            "components": [full, ("without memory read", {"use_memory_read": False}),
-                           ("without contextual learner (static filters)", {"use_contextual_learner": False}),
-                           ("without query branch", {"use_query_branch": False})],
-            "query_branch": [("residual query branch (default)", {}),
-                             ("residual, static filters", {"use_contextual_learner": False}),
-                             ("paper query branch", {"query_branch": "paper"}),
-                             ("no query branch (f = g0)", {"use_query_branch": False})],
-            "memory_slots": [("M = None (one per support item)", {}), ("M = 2", {"memory_slots": 2}),
-                             ("M = 5", {"memory_slots": 5})],
+            "components": [
+                full,
+                ("without memory read", {"use_memory_read": False}),
+                ("without contextual learner (static filters)", {"use_contextual_learner": False}),
+                ("without query branch", {"use_query_branch": False}),
+            ],
+            "query_branch": [
+                ("residual query branch (default)", {}),
+                ("residual, static filters", {"use_contextual_learner": False}),
+                ("paper query branch", {"query_branch": "paper"}),
+                ("no query branch (f = g0)", {"use_query_branch": False}),
+            ],
+            "memory_slots": [
+                ("M = None (one per support item)", {}),
+                ("M = 2", {"memory_slots": 2}),
+                ("M = 5", {"memory_slots": 5}),
+            ],
             "decision": [("nearest", {}), ("class_mass", {"decision": "class_mass"})],
-            "similarity_scale": [("s = 0.125", {}), ("s = 1.0", {"similarity_scale": 1.0}),
-                                 ("s learned", {"similarity_scale": "learned"})],
+            "similarity_scale": [
+                ("s = 0.125", {}),
+                ("s = 1.0", {"similarity_scale": 1.0}),
+                ("s learned", {"similarity_scale": "learned"}),
+            ],
             "filter_init_scale": [("filter init 1.0", {}), ("filter init 0.1", {"filter_init_scale": 0.1})],
         }
 
@@ -214,8 +254,11 @@ class Parts:
         test = self.ablation_setting
         setting = _setting(*test)
         groups = {}
-        lines = [f"All on {setting}, the same {self.args.eval_split}-split episodes "
-                 f"(fingerprint `{self.test_set(*test)[1][:16]}`).", ""]
+        lines = [
+            f"All on {setting}, the same {self.args.eval_split}-split episodes "
+            f"(fingerprint `{self.test_set(*test)[1][:16]}`).",
+            "",
+        ]
         for group, variants in self.ablation_groups().items():
             if group not in self.args.ablation_groups:
                 continue
@@ -241,9 +284,15 @@ class Parts:
             ref = rows[0]
             lines += [f"### {group}", "", "| variant | accuracy (%) | vs reference |", "|---|---|---|"]
             for i, r in enumerate(rows):
-                cmp = "reference" if i == 0 else ("CIs overlap" if _overlap(r, ref) else
-                                                  ("higher, CIs apart" if r["accuracy"] > ref["accuracy"]
-                                                   else "lower, CIs apart"))
+                cmp = (
+                    "reference"
+                    if i == 0
+                    else (
+                        "CIs overlap"
+                        if _overlap(r, ref)
+                        else ("higher, CIs apart" if r["accuracy"] > ref["accuracy"] else "lower, CIs apart")
+                    )
+                )
                 ended = f" (s ended at {r['learned_scale']:.3f})" if "learned_scale" in r else ""
                 lines.append(f"| {r['variant']}{ended} | {_pct(r)} | {cmp} |")
             lines += ["", f"Training curves: `curves_{group}.png`", ""]
@@ -251,4 +300,3 @@ class Parts:
         table = "\n".join(lines)
         _atomic_write_text(self.out / "ablations.md", table)
         self.results["parts"]["ablations"] = {"groups": groups, "table": table}
-

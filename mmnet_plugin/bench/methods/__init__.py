@@ -20,8 +20,16 @@ from .mmnet import MMNetMethod
 from .mmnet_mixed import MMNetMixedMethod, mixed_ranges
 from .protonet import ProtoNetMethod
 
-__all__ = ["METHODS", "ENTRY_POINT_GROUP", "Method", "MethodContext", "MethodUnavailable", "mixed_ranges",
-           "register_method", "resolve_method"]
+__all__ = [
+    "METHODS",
+    "ENTRY_POINT_GROUP",
+    "Method",
+    "MethodContext",
+    "MethodUnavailable",
+    "mixed_ranges",
+    "register_method",
+    "resolve_method",
+]
 
 #: command-line name -> method class, in leaderboard order (methods of your own are added
 #: by :func:`register_method`)
@@ -50,13 +58,17 @@ def register_method(cls: object, where: str = "") -> Type[Method]:
     """
     what = where or repr(cls)
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
-        raise ValueError(f"{what} is not a subclass of mmnet_plugin.bench.methods.Method; see examples/custom_method.py")
+        raise ValueError(
+            f"{what} is not a subclass of mmnet_plugin.bench.methods.Method; see examples/custom_method.py"
+        )
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} has no `name`: set the class attribute `name` (its command-line name)")
     if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"{what} is named {name!r}, which is already {METHODS[name].__module__}."
-                         f"{METHODS[name].__qualname__}; give it another `name`")
+        raise ValueError(
+            f"{what} is named {name!r}, which is already {METHODS[name].__module__}."
+            f"{METHODS[name].__qualname__}; give it another `name`"
+        )
     METHODS[name] = cls
     return cls
 
@@ -65,8 +77,8 @@ def _entry_points() -> Dict[str, str]:
     from importlib import metadata
 
     try:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)       # Python >= 3.10
-    except TypeError:                                             # pragma: no cover - Python 3.9
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)  # Python >= 3.10
+    except TypeError:  # pragma: no cover - Python 3.9
         eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])
     return {ep.name: ep.value for ep in eps}
 
@@ -90,14 +102,17 @@ def resolve_method(spec: str) -> str:
         return spec.lower()
     target = spec if ":" in spec else _entry_points().get(spec)
     if target is None:
-        raise ValueError(f"unknown method {spec!r}; choose from {', '.join(METHODS)}, or name your own as "
-                         f"module:Class (or publish it in the entry-point group {ENTRY_POINT_GROUP})")
+        raise ValueError(
+            f"unknown method {spec!r}; choose from {', '.join(METHODS)}, or name your own as "
+            f"module:Class (or publish it in the entry-point group {ENTRY_POINT_GROUP})"
+        )
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"method {spec!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH "
-                         "or installed?") from None
+        raise ValueError(
+            f"method {spec!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH or installed?"
+        ) from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"method {spec!r}: module {module_name!r} has no {attr!r}")

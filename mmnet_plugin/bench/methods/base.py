@@ -93,8 +93,9 @@ class Method:
             ValueError: an unknown recipe (the harness checks before it builds anything).
         """
         if self.RECIPES and recipe not in self.RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r} for method {self.name}; "
-                             f"{self.name} knows: {', '.join(self.RECIPES)}")
+            raise ValueError(
+                f"unknown recipe {recipe!r} for method {self.name}; {self.name} knows: {', '.join(self.RECIPES)}"
+            )
         self.ctx = ctx
         self.recipe = recipe
         self.options: Dict[str, Any] = dict(options or {})
@@ -201,8 +202,10 @@ def conv4_backbone(ctx: MethodContext, bias: bool = False) -> Tuple[nn.Module, i
     (``bias``: convolution biases, as in Finn et al.'s network)."""
     from mmnet_plugin.models import Conv4, embedding_dim
 
-    return (Conv4(in_channels=ctx.in_channels, hidden=64, bias=bias),
-            embedding_dim(ctx.in_channels, ctx.image_size, 64))
+    return (
+        Conv4(in_channels=ctx.in_channels, hidden=64, bias=bias),
+        embedding_dim(ctx.in_channels, ctx.image_size, 64),
+    )
 
 
 def halving_scheduler(optimizer: torch.optim.Optimizer, every: int) -> torch.optim.lr_scheduler.StepLR:

@@ -61,23 +61,34 @@ from .base import Method, Predictor, conv4_backbone
 __all__ = ["MAMLMethod", "FirstOrderMAMLMethod", "finn_hyperparameters", "l2l_omniglot_init_"]
 
 _RECIPES = {
-    "published": Recipe("published", "finn2017",
-                        "Finn et al.'s inner lr, inner steps and meta-batch for training (section 5.2, appendix A.1), "
-                        "Adam 1e-3, second order; PyTorch default init; test-time inner lr x steps chosen on the val "
-                        "split from Finn's, 0.1 x 5, 0.05 x 10; meta-batch shrunk by the budget rule."),
-    "l2l-init": Recipe("l2l-init", "finn2017+learn2learn",
-                       "Finn et al.'s hyperparameters; Conv-4 with conv biases initialised as learn2learn's "
-                       "OmniglotCNN (Xavier-uniform convs, BN scale U(0,1), head N(0,1), zero biases)."),
-    "harness": Recipe("harness", "finn2017",
-                      "Finn et al.'s hyperparameters on the bias-free Conv-4 with PyTorch's default "
-                      "initialisation and Finn's test adaptation (the harness before issue 12)."),
+    "published": Recipe(
+        "published",
+        "finn2017",
+        "Finn et al.'s inner lr, inner steps and meta-batch for training (section 5.2, appendix A.1), "
+        "Adam 1e-3, second order; PyTorch default init; test-time inner lr x steps chosen on the val "
+        "split from Finn's, 0.1 x 5, 0.05 x 10; meta-batch shrunk by the budget rule.",
+    ),
+    "l2l-init": Recipe(
+        "l2l-init",
+        "finn2017+learn2learn",
+        "Finn et al.'s hyperparameters; Conv-4 with conv biases initialised as learn2learn's "
+        "OmniglotCNN (Xavier-uniform convs, BN scale U(0,1), head N(0,1), zero biases).",
+    ),
+    "harness": Recipe(
+        "harness",
+        "finn2017",
+        "Finn et al.'s hyperparameters on the bias-free Conv-4 with PyTorch's default "
+        "initialisation and Finn's test adaptation (the harness before issue 12).",
+    ),
 }
 
 #: how each recipe initialises the network (recorded in the hyperparameters)
-_INIT = {"l2l-init": "learn2learn OmniglotCNN (maml_init_: xavier_uniform convs, zero biases; BN weight U(0,1); "
-                     "head weight N(0,1), bias 0)",
-         "published": "PyTorch default (bias-free convs)",
-         "harness": "PyTorch default (bias-free convs)"}
+_INIT = {
+    "l2l-init": "learn2learn OmniglotCNN (maml_init_: xavier_uniform convs, zero biases; BN weight U(0,1); "
+    "head weight N(0,1), bias 0)",
+    "published": "PyTorch default (bias-free convs)",
+    "harness": "PyTorch default (bias-free convs)",
+}
 
 #: the published recipe's test-time candidates besides Finn's own (inner lr, steps)
 TEST_ADAPTATION_GRID = ((0.1, 5), (0.05, 10))
@@ -114,32 +125,45 @@ def l2l_omniglot_init_(net: nn.Module) -> nn.Module:
 def finn_hyperparameters(dataset: str, ways: int, shots: int) -> Dict[str, Any]:
     """Finn et al.'s inner learning rate, inner steps and meta-batch for the setting."""
     if dataset == "miniimagenet":
-        return {"inner_lr": 0.01, "train_inner_steps": 5, "test_inner_steps": 10,
-                "meta_batch": 4 if shots <= 1 else 2, "meta_lr": 1e-3}
+        return {
+            "inner_lr": 0.01,
+            "train_inner_steps": 5,
+            "test_inner_steps": 10,
+            "meta_batch": 4 if shots <= 1 else 2,
+            "meta_lr": 1e-3,
+        }
     if ways >= 20:
-        return {"inner_lr": 0.1, "train_inner_steps": 5, "test_inner_steps": 5,
-                "meta_batch": 16, "meta_lr": 1e-3}
-    return {"inner_lr": 0.4, "train_inner_steps": 1, "test_inner_steps": 3,
-            "meta_batch": 32, "meta_lr": 1e-3}
+        return {"inner_lr": 0.1, "train_inner_steps": 5, "test_inner_steps": 5, "meta_batch": 16, "meta_lr": 1e-3}
+    return {"inner_lr": 0.4, "train_inner_steps": 1, "test_inner_steps": 3, "meta_batch": 32, "meta_lr": 1e-3}
 
 
 class MAMLMethod(Method):
     name = "maml"
     label = "MAML (learn2learn)"
-    notes = ("learn2learn MAML over Conv-4 + linear head, Finn et al.'s hyperparameters; "
-             "batch norm uses batch statistics at test (transductive, as Finn).")
+    notes = (
+        "learn2learn MAML over Conv-4 + linear head, Finn et al.'s hyperparameters; "
+        "batch norm uses batch statistics at test (transductive, as Finn)."
+    )
     requires = (("learn2learn", "pip install learn2learn"),)
     first_order = False
     RECIPES = _RECIPES
 
     def hyperparameters(self) -> Dict[str, Any]:
         hp = finn_hyperparameters(self.ctx.dataset, self.ctx.ways, self.ctx.shots)
-        hp.update(first_order=self.first_order, head="linear", meta_optimizer="Adam",
-                  batch_norm="batch statistics (train and test)", recipe=self.recipe,
-                  init=_INIT.get(self.recipe, _INIT["harness"]), conv_bias=self.recipe == "l2l-init",
-                  test_adaptation=("chosen on val from " + ", ".join(f"{c['inner_lr']} x {c['steps']}" for c in
-                                                                    self.val_choices()))
-                  if self.val_choices() else "Finn's")
+        hp.update(
+            first_order=self.first_order,
+            head="linear",
+            meta_optimizer="Adam",
+            batch_norm="batch statistics (train and test)",
+            recipe=self.recipe,
+            init=_INIT.get(self.recipe, _INIT["harness"]),
+            conv_bias=self.recipe == "l2l-init",
+            test_adaptation=(
+                "chosen on val from " + ", ".join(f"{c['inner_lr']} x {c['steps']}" for c in self.val_choices())
+            )
+            if self.val_choices()
+            else "Finn's",
+        )
         return hp
 
     def recipe_batch(self) -> int:
@@ -177,8 +201,7 @@ class MAMLMethod(Method):
     def set_choice(self, choice: Dict[str, Any]) -> None:
         self.test_adaptation = {"inner_lr": float(choice["inner_lr"]), "steps": int(choice["steps"])}
 
-    def _adapt(self, sx: torch.Tensor, sy: torch.Tensor, steps: int, first_order: bool,
-               lr: Optional[float] = None):
+    def _adapt(self, sx: torch.Tensor, sy: torch.Tensor, steps: int, first_order: bool, lr: Optional[float] = None):
         learner = self.maml.clone(first_order=first_order)
         if lr is not None:
             learner.lr = float(lr)  # learn2learn's adapt() steps with the clone's lr

@@ -36,10 +36,13 @@ from .protonet import ProtoNetMethod
 __all__ = ["MatchingNetMethod", "PlainMatchingNetworks"]
 
 _RECIPES = {
-    "published": Recipe("published", "vinyals2016",
-                        "Vinyals et al.'s published variant for the data set: no FCE on Omniglot (their Omniglot "
-                        "row), FCE on miniImageNet; cosine attention; Adam 1e-3 halved every 2,000 episodes (not "
-                        "stated by Vinyals; Snell et al.'s)."),
+    "published": Recipe(
+        "published",
+        "vinyals2016",
+        "Vinyals et al.'s published variant for the data set: no FCE on Omniglot (their Omniglot "
+        "row), FCE on miniImageNet; cosine attention; Adam 1e-3 halved every 2,000 episodes (not "
+        "stated by Vinyals; Snell et al.'s).",
+    ),
     "fce": Recipe("fce", "vinyals2016", "full context embeddings (easyfsl), cosine attention; optimiser as published."),
     "nofce": Recipe("nofce", "vinyals2016", "no full context embeddings, cosine attention; optimiser as published."),
     "harness": Recipe("harness", "vinyals2016", "FCE (easyfsl), as the harness ran it before issue 12."),
@@ -69,8 +72,10 @@ class PlainMatchingNetworks(nn.Module):
 class MatchingNetMethod(ProtoNetMethod):
     name = "matchingnet"
     label = "MatchingNet (FCE, cosine; easyfsl)"
-    notes = ("Matching Networks (FCE: easyfsl MatchingNetworks; no FCE: cosine attention over the support set), "
-             "NLL loss; 1 episode a step; running batch-norm statistics at test.")
+    notes = (
+        "Matching Networks (FCE: easyfsl MatchingNetworks; no FCE: cosine attention over the support set), "
+        "NLL loss; 1 episode a step; running batch-norm statistics at test."
+    )
     RECIPES = _RECIPES
 
     def display_label(self) -> str:

@@ -35,13 +35,18 @@ from .base import Method, Predictor, halving_scheduler
 __all__ = ["MMNetMethod", "paper_batch_episodes", "MIN_STEPS"]
 
 _RECIPES = {
-    "published": Recipe("published", "cai2018",
-                        "Cai et al. section 4.2: Adam, learning rate 1e-3 halved every 20,000 steps, 16 episodes "
-                        "a step (4 on miniImageNet), the loss of Eq. 8; MMNet's defaults; the batch is shrunk by "
-                        "the harness's budget rule like every method's."),
-    "harness": Recipe("harness", "cai2018",
-                      "as published, with the harness's rule before issue 12: min(16, budget // 200) episodes a "
-                      "step (MM-Net only)."),
+    "published": Recipe(
+        "published",
+        "cai2018",
+        "Cai et al. section 4.2: Adam, learning rate 1e-3 halved every 20,000 steps, 16 episodes "
+        "a step (4 on miniImageNet), the loss of Eq. 8; MMNet's defaults; the batch is shrunk by "
+        "the harness's budget rule like every method's.",
+    ),
+    "harness": Recipe(
+        "harness",
+        "cai2018",
+        "as published, with the harness's rule before issue 12: min(16, budget // 200) episodes a step (MM-Net only).",
+    ),
 }
 
 MIN_STEPS = 200
@@ -55,8 +60,10 @@ def paper_batch_episodes(dataset: str) -> int:
 class MMNetMethod(Method):
     name = "mmnet"
     label = "MM-Net"
-    notes = ("mmnet_plugin.MMNet trained per setting on the shared stream (the paper's MM-Net-, "
-             "no mixed strategy); batch norm uses running statistics at test.")
+    notes = (
+        "mmnet_plugin.MMNet trained per setting on the shared stream (the paper's MM-Net-, "
+        "no mixed strategy); batch norm uses running statistics at test."
+    )
 
     RECIPES = _RECIPES
 
@@ -64,8 +71,11 @@ class MMNetMethod(Method):
         from mmnet_plugin.training import TrainConfig
 
         defaults = TrainConfig()
-        return {"lr": defaults.lr, "lr_halve_every_steps": defaults.lr_halve_every,
-                "weight_decay": defaults.weight_decay}
+        return {
+            "lr": defaults.lr,
+            "lr_halve_every_steps": defaults.lr_halve_every,
+            "weight_decay": defaults.weight_decay,
+        }
 
     def _model_options(self) -> Dict[str, Any]:
         return {"in_channels": self.ctx.in_channels, "image_size": self.ctx.image_size}
@@ -74,8 +84,13 @@ class MMNetMethod(Method):
         from mmnet_plugin.models import MMNet
 
         probe = MMNet(**self._model_options())
-        return {"recipe": self.recipe, "recipe_batch_episodes": self.recipe_batch(), "optimizer": "Adam",
-                **self._train_config(), "model": probe.extra_repr()}
+        return {
+            "recipe": self.recipe,
+            "recipe_batch_episodes": self.recipe_batch(),
+            "optimizer": "Adam",
+            **self._train_config(),
+            "model": probe.extra_repr(),
+        }
 
     def recipe_batch(self) -> int:
         """``published``: the paper's batch. ``harness``: the paper's batch, shrunk so the

@@ -30,9 +30,11 @@ def mixed_ranges(dataset: str, settings: Sequence[Tuple[int, int]]) -> Tuple[Tup
 class MMNetMixedMethod(MMNetMethod):
     name = "mmnet-mixed"
     label = "MM-Net (mixed, own stream)"
-    notes = ("one mmnet_plugin.MMNet trained with the mixed C-way k-shot strategy on its own "
-             "training stream (same seed and budget in episodes) and tested on every setting; "
-             "the paper's headline MM-Net.")
+    notes = (
+        "one mmnet_plugin.MMNet trained with the mixed C-way k-shot strategy on its own "
+        "training stream (same seed and budget in episodes) and tested on every setting; "
+        "the paper's headline MM-Net."
+    )
     shared_stream = False
     trained_once = True
 

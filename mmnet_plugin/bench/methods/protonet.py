@@ -48,16 +48,27 @@ def first_queries(episode: Episode, per_class: int) -> Episode:
         where = (qy == c).nonzero(as_tuple=True)[0]
         rank[where] = torch.arange(where.numel(), device=qy.device)
     keep = (rank < per_class).nonzero(as_tuple=True)[0]
-    return Episode(support_x=episode.support_x, support_y=episode.support_y,
-                   query_x=episode.query_x[keep], query_y=qy[keep], class_ids=episode.class_ids)
+    return Episode(
+        support_x=episode.support_x,
+        support_y=episode.support_y,
+        query_x=episode.query_x[keep],
+        query_y=qy[keep],
+        class_ids=episode.class_ids,
+    )
 
 
 _RECIPES = {
-    "published": Recipe("published", "snell2017",
-                        "Snell et al.: Euclidean prototypes, 5 training queries per class, Adam 1e-3 halved every "
-                        "2,000 episodes, training way --protonet-train-ways (Snell: 60; default the setting's)."),
-    "harness": Recipe("harness", "snell2017",
-                      "as published but with the shared stream's 15 training queries per class (before issue 12)."),
+    "published": Recipe(
+        "published",
+        "snell2017",
+        "Snell et al.: Euclidean prototypes, 5 training queries per class, Adam 1e-3 halved every "
+        "2,000 episodes, training way --protonet-train-ways (Snell: 60; default the setting's).",
+    ),
+    "harness": Recipe(
+        "harness",
+        "snell2017",
+        "as published but with the shared stream's 15 training queries per class (before issue 12).",
+    ),
 }
 
 
@@ -85,10 +96,16 @@ class ProtoNetMethod(Method):
         return {"ways": ways, "queries": SNELL_TRAIN_QUERIES}
 
     def hyperparameters(self) -> Dict[str, Any]:
-        return {"recipe": self.recipe, "optimizer": "Adam", "lr": self.lr,
-                "lr_halve_every_steps": self.lr_halve_every_episodes, "recipe_batch_episodes": 1,
-                "loss": self._loss_name(), "train_queries_per_class": self._train_queries() or "all",
-                "train_ways": self._train_ways() or "setting"}
+        return {
+            "recipe": self.recipe,
+            "optimizer": "Adam",
+            "lr": self.lr,
+            "lr_halve_every_steps": self.lr_halve_every_episodes,
+            "recipe_batch_episodes": 1,
+            "loss": self._loss_name(),
+            "train_queries_per_class": self._train_queries() or "all",
+            "train_ways": self._train_ways() or "setting",
+        }
 
     def _loss_name(self) -> str:
         return "cross_entropy(-euclidean distance)"
