@@ -27,9 +27,9 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
+from mmnet_plugin import Episode
 from mmnet_plugin.bench.methods import Method
 from mmnet_plugin.bench.methods.base import Predictor, conv4_backbone
-from mmnet_plugin import Episode
 
 
 def _scores(model: torch.nn.Module, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:

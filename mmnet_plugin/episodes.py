@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np

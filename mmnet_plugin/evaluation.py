@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .distributed import SINGLE_PROCESS, DistributedContext, gather_objects
-from .episodes import Episode, EpisodeSampler, _EMPTY_FINGERPRINT, _chain, require_episode
+from .episodes import _EMPTY_FINGERPRINT, Episode, EpisodeSampler, _chain, require_episode
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
 

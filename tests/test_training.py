@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import mmnet_plugin.training as training
 from mmnet_plugin import MMNet, evaluate, load_dataset
 from mmnet_plugin.data import TensorFewShotDataset
 from mmnet_plugin.episodes import EpisodeSampler
-import mmnet_plugin.training as training
 from mmnet_plugin.training import CheckpointError, TrainConfig, Trainer, load_checkpoint
 
 SMALL = dict(dm=32, dr=32)

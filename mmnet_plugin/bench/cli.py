@@ -176,11 +176,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
         "options": jsonable_options(args),
         "config_file": config.record() if config is not None else None,
     }
+    from mmnet_plugin.distributed import distributed_session
     from mmnet_plugin.runtime import tune_cpu_allocator
 
     from .grid import run_grid
-
-    from mmnet_plugin.distributed import distributed_session
 
     with contextlib.ExitStack() as stack:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -115,7 +114,8 @@ def measure(
                 times[n]["test"].append(test_round(built[n]))
         prof_table = None
         if profile and "mmnet" in built:
-            from torch.profiler import ProfilerActivity, profile as tprofile
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as tprofile
 
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             m = built["mmnet"]

@@ -113,9 +113,8 @@ def test_budget_rule_is_the_same_for_every_batch():
 
 
 def test_protonet_published_trains_on_five_queries_of_the_shared_episode():
-    from mmnet_plugin.episodes import Episode
-
     from mmnet_plugin.bench.methods.protonet import first_queries
+    from mmnet_plugin.episodes import Episode
 
     qy = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
     ep = Episode(

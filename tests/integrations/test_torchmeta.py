@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import sys
 from collections import OrderedDict
 from typing import Dict
 

@@ -55,7 +55,6 @@ from torch import nn
 from mmnet_plugin.episodes import Episode
 
 from ..recipes import Recipe
-
 from .base import Method, Predictor, conv4_backbone
 
 __all__ = ["MAMLMethod", "FirstOrderMAMLMethod", "finn_hyperparameters", "l2l_omniglot_init_"]

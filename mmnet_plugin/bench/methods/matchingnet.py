@@ -22,15 +22,13 @@ easyfsl is imported only when this method runs (FCE).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from typing import Any, Dict, Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..recipes import Recipe
-
 from .protonet import ProtoNetMethod
 
 __all__ = ["MatchingNetMethod", "PlainMatchingNetworks"]

@@ -29,7 +29,6 @@ import torch
 from mmnet_plugin.episodes import Episode
 
 from ..recipes import Recipe
-
 from .base import Method, Predictor, halving_scheduler
 
 __all__ = ["MMNetMethod", "paper_batch_episodes", "MIN_STEPS"]

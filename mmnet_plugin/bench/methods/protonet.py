@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from mmnet_plugin.episodes import Episode
 
 from ..recipes import Recipe
-
 from .base import Method, Predictor, conv4_backbone, halving_scheduler
 
 __all__ = ["ProtoNetMethod", "first_queries"]
