@@ -14,14 +14,17 @@ L2-normalised (our choice; the paper normalises only merged keys, and mixing raw
 unit-norm keys would bias the dot-product search toward the raw ones).
 
 The slot choice is discrete; the keys are differentiable functions of ``zk``. The write is
-sequential over the support items by definition, but each step is one set of tensor ops
-over all episodes of the batch, and the keys are built functionally (``torch.where`` over a
-one-hot of the chosen slot) so autograd sees no in-place updates.
+sequential over the support items by definition, so it runs in two passes. The first, without
+autograd, runs the controller on values (one set of tensor ops over all episodes per support
+position) and records the slot each item goes to. The second rebuilds the keys from ``zk``
+with gradients, folding each slot's items in write order, one step per rank within a slot for
+all slots at once: the graph then has about ``k`` steps for k-shot episodes instead of one per
+support item, and the keys are the same numbers the first pass computed.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -89,38 +92,82 @@ def write_memory(
         capacity = lengths
     labels = labels.to(device=zk.device, dtype=torch.long)
 
-    keys = zk.new_zeros(b, width, zk.shape[2])
+    with torch.no_grad():  # the slot choices are discrete: find them without building a graph
+        target, slot_labels, used, n_used = _choose_slots(zk.detach(), labels, lengths, width, capacity, eps)
+    keys = _build_keys(zk, target, width, eps)
+    return MemoryState(keys, slot_labels, used, n_used)
+
+
+def _choose_slots(
+    zk: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, width: int, capacity: torch.Tensor, eps: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the write controller on values alone: the slot each item is written to.
+
+    Returns:
+        ``(target, slot_labels, used, n_used)``: ``target`` ``[B, N]`` is the slot of each
+        item (``-1`` for padding); the others as in :class:`MemoryState`.
+    """
+    b, n, dm = zk.shape
+    keys = zk.new_zeros(b, width, dm)
     slot_labels = labels.new_full((b, width), -1)
     used = torch.zeros(b, width, dtype=torch.bool, device=zk.device)
     n_used = torch.zeros(b, dtype=torch.long, device=zk.device)
-    positions = torch.arange(width, device=zk.device)
+    targets = labels.new_full((b, n), -1)
     batch = torch.arange(b, device=zk.device)
     neg_inf = torch.tensor(float("-inf"), dtype=zk.dtype, device=zk.device)
-
     for t in range(n):
         active = lengths > t  # [B]
         z = zk[:, t]  # [B, Dm]
         y = labels[:, t]  # [B]
-        with torch.no_grad():  # the choice is discrete
-            sim = torch.bmm(keys.detach(), z.detach().unsqueeze(2)).squeeze(2)
-            sim = torch.where(used, sim, neg_inf)
-            nearest = sim.argmax(dim=1)  # [B]
-        any_used = n_used > 0
-        same = slot_labels[batch, nearest] == y
-        full = n_used >= capacity
-        merge = any_used & (same | full)
+        sim = torch.bmm(keys, z.unsqueeze(2)).squeeze(2)
+        nearest = torch.where(used, sim, neg_inf).argmax(dim=1)  # [B]
+        current = keys[batch, nearest]
+        merge = (n_used > 0) & ((slot_labels[batch, nearest] == y) | (n_used >= capacity))
         target = torch.where(merge, nearest, n_used.clamp(max=width - 1))
-        onehot = (positions.unsqueeze(0) == target.unsqueeze(1)) & active.unsqueeze(1)  # [B, M]
+        new_key = torch.where(
+            merge.unsqueeze(1), F.normalize(current + z, dim=1, eps=eps), F.normalize(z, dim=1, eps=eps)
+        )
+        # index writes (no boolean masks): inactive rows write back what their target slot holds
+        keys[batch, target] = torch.where(active.unsqueeze(1), new_key, keys[batch, target])
+        opened = active & ~merge
+        slot_labels[batch, target] = torch.where(opened, y, slot_labels[batch, target])
+        used[batch, target] = used[batch, target] | opened
+        n_used = n_used + opened.long()
+        targets[:, t] = torch.where(active, target, torch.full_like(target, -1))
+    return targets, slot_labels, used, n_used
 
-        merged = F.normalize(keys[batch, nearest] + z, dim=1, eps=eps)  # Eq. 4
-        fresh = F.normalize(z, dim=1, eps=eps)
-        new_key = torch.where(merge.unsqueeze(1), merged, fresh)  # [B, Dm]
-        keys = torch.where(onehot.unsqueeze(2), new_key.unsqueeze(1), keys)
-        opened = onehot & ~merge.unsqueeze(1)
-        slot_labels = torch.where(opened, y.unsqueeze(1), slot_labels)
-        used = used | opened
-        n_used = n_used + (active & ~merge).long()
-    return MemoryState(keys, slot_labels, used, n_used)
+
+def _build_keys(zk: torch.Tensor, target: torch.Tensor, width: int, eps: float) -> torch.Tensor:
+    """The memory keys as differentiable functions of ``zk``, given each item's slot.
+
+    A slot's key is its items folded in write order, ``normalize(z_first)`` and then
+    ``normalize(m + z)`` per later item (Eq. 4): the same operations the write controller
+    performs. Instead of one step per support item over all slots, this takes one step per
+    *rank* within a slot (the r-th item written to each slot, for all slots at once), so the
+    autograd graph has as many steps as the most-written slot has items (about k for k-shot
+    episodes) rather than as many as the episode has support items.
+    """
+    b, n, dm = zk.shape
+    valid = target >= 0
+    slot = target.clamp_min(0)
+    # rank of each item among the items written to its slot before it
+    onehot = F.one_hot(slot, width) & valid.unsqueeze(2)  # [B, N, M]
+    rank = ((onehot.cumsum(dim=1) - 1) * onehot).sum(dim=2)  # [B, N]
+    depth = int(onehot.sum(dim=1).max())  # items in the most-written slot
+    # item_of[b, r, m]: the item of rank r in slot m (n = none)
+    item_of = target.new_full((b, depth * width + 1), n)
+    flat = torch.where(valid, rank * width + slot, torch.full_like(slot, depth * width))
+    item_of.scatter_(1, flat, torch.arange(n, device=zk.device).expand(b, n))
+    item_of = item_of[:, : depth * width].view(b, depth, width)
+    padded = torch.cat([zk, zk.new_zeros(b, 1, dm)], dim=1)  # row n: no item
+    keys = zk.new_zeros(b, width, dm)
+    for r in range(depth):
+        idx = item_of[:, r]  # [B, M]
+        z = padded.gather(1, idx.unsqueeze(2).expand(b, width, dm))
+        has = (idx < n).unsqueeze(2)
+        folded = F.normalize(keys + z if r else z, dim=2, eps=eps)
+        keys = torch.where(has, folded, keys)
+    return keys
 
 
 def read_memory(zk: torch.Tensor, keys: torch.Tensor, used: torch.Tensor) -> torch.Tensor:

@@ -109,3 +109,53 @@ def test_read_controller_attends_over_used_slots_only():
         k = keys[b, used[b]]
         a = torch.softmax(zk[b] @ k.T, dim=1)  # Eq. 5
         assert torch.allclose(c[b], a @ k, atol=1e-5)  # c = sum_i a_i m_i
+
+
+def _write_per_item(zk, labels, lengths, slots=None, eps=1e-12):
+    """The write controller as first written: one differentiable step per support item over all
+    slots (the reference the two-pass implementation must equal)."""
+    b, n, _ = zk.shape
+    width, capacity = (n, lengths) if slots is None else (min(slots, n), torch.full_like(lengths, slots))
+    keys = zk.new_zeros(b, width, zk.shape[2])
+    slot_labels = labels.new_full((b, width), -1)
+    used = torch.zeros(b, width, dtype=torch.bool)
+    n_used = torch.zeros(b, dtype=torch.long)
+    positions, batch = torch.arange(width), torch.arange(b)
+    for t in range(n):
+        active, z, y = lengths > t, zk[:, t], labels[:, t]
+        with torch.no_grad():
+            sim = torch.bmm(keys.detach(), z.detach().unsqueeze(2)).squeeze(2)
+            nearest = torch.where(used, sim, torch.tensor(float("-inf"))).argmax(dim=1)
+        merge = (n_used > 0) & ((slot_labels[batch, nearest] == y) | (n_used >= capacity))
+        target = torch.where(merge, nearest, n_used.clamp(max=width - 1))
+        onehot = (positions.unsqueeze(0) == target.unsqueeze(1)) & active.unsqueeze(1)
+        merged = F.normalize(keys[batch, nearest] + z, dim=1, eps=eps)
+        new_key = torch.where(merge.unsqueeze(1), merged, F.normalize(z, dim=1, eps=eps))
+        keys = torch.where(onehot.unsqueeze(2), new_key.unsqueeze(1), keys)
+        opened = onehot & ~merge.unsqueeze(1)
+        slot_labels = torch.where(opened, y.unsqueeze(1), slot_labels)
+        used = used | opened
+        n_used = n_used + (active & ~merge).long()
+    return keys, slot_labels, used, n_used
+
+
+@pytest.mark.parametrize("slots", [None, 3, 7])
+def test_two_pass_write_equals_one_step_per_item(slots):
+    """Same keys, labels and gradients as the one-step-per-item controller, on a padded batch
+    whose episodes have clustered keys (merges) and ragged lengths."""
+    g = torch.Generator().manual_seed(3)
+    b, n, dm = 6, 40, 16
+    lengths = torch.tensor([40, 1, 13, 27, 40, 8])
+    labels = torch.randint(0, 8, (b, n), generator=g)
+    centres = torch.randn(8, dm, generator=g)
+    base = (centres[labels] + 0.6 * torch.randn(b, n, dm, generator=g)).requires_grad_(True)
+    weights = torch.randn(b, n if slots is None else min(slots, n), dm, generator=g)
+    mem = write_memory(base, labels, lengths, slots)
+    (grad,) = torch.autograd.grad((mem.keys * weights).sum(), base)
+    ref_keys, ref_labels, ref_used, ref_n = _write_per_item(base, labels, lengths, slots)
+    (ref_grad,) = torch.autograd.grad((ref_keys * weights).sum(), base)
+    assert torch.equal(mem.labels, ref_labels) and torch.equal(mem.used, ref_used)
+    assert torch.equal(mem.n_used, ref_n)
+    assert mem.n_used.max() < lengths.max()  # some items merged: the fold is exercised
+    torch.testing.assert_close(mem.keys, ref_keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -369,3 +369,41 @@ def test_loss_and_class_mass_are_float32_under_bf16_autocast(decision):
     if decision == "class_mass":
         assert out.class_scores.dtype == torch.float32
     loss.backward()
+
+
+@pytest.mark.parametrize("form", ["residual", "paper"])
+def test_outputs_and_gradients_equal_those_of_the_one_step_per_item_write(monkeypatch, form):
+    """The two-pass write controller changes the cost of a step, not what the model computes:
+    on fixed mixed episodes (float32, training mode) the loss, the similarities and every
+    parameter's gradient equal those with the one-step-per-item write to 1e-5."""
+    import mmnet_plugin.models.mmnet as mmnet_module
+
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("memory_reference", Path(__file__).with_name("test_memory.py"))
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    _write_per_item = reference._write_per_item
+
+    episodes = [make_episode(w, k, 3, seed) for seed, (w, k) in enumerate([(5, 1), (7, 3), (2, 5), (10, 2)])]
+
+    def run():
+        torch.manual_seed(0)
+        model = MMNet(query_branch=form).train()
+        out = model.forward_batch(episodes)
+        loss = out.episode_losses().mean()
+        loss.backward()
+        return out.similarities.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    sim, grads = run()
+
+    def per_item(zk, labels, lengths, slots=None):
+        return mmnet_module.MemoryState(*_write_per_item(zk, labels, lengths, slots))
+
+    monkeypatch.setattr(mmnet_module, "write_memory", per_item)
+    ref_sim, ref_grads = run()
+    torch.testing.assert_close(sim, ref_sim, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
