@@ -29,7 +29,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .arguments import add_common_arguments, positive_int, range_arg, resolve_device, ways_arg
+from .arguments import (
+    add_common_arguments,
+    format_setting,
+    positive_int,
+    range_arg,
+    resolve_device,
+    settings_arg,
+    ways_arg,
+)
 
 __all__ = ["main", "build_parser", "build_model"]
 
@@ -86,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps on --val-split (0: never)")
     train.add_argument("--val-split", default="val", help="validation split (default val)")
     train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
+    train.add_argument(
+        "--val-settings",
+        type=settings_arg,
+        default=None,
+        help="validate on these settings, e.g. 5w1s,20w1s (--val-episodes each, the same episodes at every "
+        "validation; the best checkpoint has the best mean over them). Default: the largest --ways at the "
+        "smallest --shots",
+    )
     train.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument(
@@ -107,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bf16", action="store_true", help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for this process (torch.set_num_threads; default: torch's choice)",
+    )
     train.add_argument(
         "--sync-bn",
         action="store_true",
@@ -151,8 +173,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--similarity-scale",
         type=_scale,
-        default=0.125,
-        help="scale s of the dot-product similarities, or 'learned' (default 0.125; 1 is the paper's raw dot product)",
+        default=None,
+        help="scale s of the similarities, or 'learned' (default: 0.125 for dot, 10 for cosine, 1 for euclidean; "
+        "1 with dot is the paper's raw dot product)",
+    )
+    group.add_argument(
+        "--similarity",
+        choices=("dot", "cosine", "euclidean"),
+        default="dot",
+        help="matching function: dot (the paper's, default), cosine, or euclidean (negative squared distance)",
     )
     group.add_argument(
         "--decision",
@@ -216,6 +245,8 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         overlap = _split_overlap(args.split, args.val_split)
         if overlap:
             print(f"mmnet: warning: {overlap}", file=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_set = _load(args, args.split)
     channels, size, _ = _image_shape(train_set)
     model_config: Dict[str, Any] = {
@@ -226,6 +257,7 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         "memory_slots": args.memory_slots,
         "similarity_scale": args.similarity_scale,
         "decision": args.decision,
+        "similarity": args.similarity,
         **({"use_query_branch": False} if args.query_branch == "none" else {"query_branch": args.query_branch}),
     }
     sampler = EpisodeSampler(train_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
@@ -251,15 +283,29 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     validate = None
     if args.val_every > 0:
         val_set = _load(args, args.val_split)
-        w = args.ways if isinstance(args.ways, int) else args.ways[1]
-        k = args.shots if isinstance(args.shots, int) else args.shots[0]
-        w = min(w, len(set(val_set.targets.tolist())))
+        n_classes = len(set(val_set.targets.tolist()))
+        if args.val_settings:
+            settings = list(args.val_settings)
+            too_many = [format_setting(w, k) for w, k in settings if w > n_classes]
+            if too_many:
+                raise ValueError(
+                    f"--val-settings {','.join(too_many)}: --val-split {args.val_split} has only {n_classes} classes"
+                )
+        else:
+            w = args.ways if isinstance(args.ways, int) else args.ways[1]
+            k = args.shots if isinstance(args.shots, int) else args.shots[0]
+            settings = [(min(w, n_classes), k)]
 
-        def validate(m: torch.nn.Module) -> float:
-            eps = EpisodeSampler(
-                val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1, episodes=args.val_episodes
-            )
-            return evaluate(m, eps, device=device, context=ctx).accuracy
+        def validate(m: torch.nn.Module) -> Dict[str, Any]:
+            per_setting = {}
+            for w, k in settings:
+                eps = EpisodeSampler(
+                    val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1, episodes=args.val_episodes
+                )
+                result = evaluate(m, eps, device=device, context=ctx, batch_episodes=25)
+                per_setting[format_setting(w, k)] = {"accuracy": result.accuracy, "ci95": result.ci95}
+            mean = sum(r["accuracy"] for r in per_setting.values()) / len(per_setting)
+            return {"accuracy": mean, "settings": per_setting}
 
     trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)

@@ -651,7 +651,9 @@ class Trainer:
                 several processes every rank must give the same stream (the same seeded
                 sampler); each keeps its share of every batch.
             validate: ``model -> accuracy``, called every ``val_every`` steps; the best
-                model is kept at ``<checkpoint>.best.pt``. Under several processes it is
+                model is kept at ``<checkpoint>.best.pt``. It may return a dict instead, whose
+                ``"accuracy"`` entry is the value compared and whose other entries (plain
+                values, e.g. per-setting accuracies) go into the validation's log record. Under several processes it is
                 called on every rank (so it may shard its episodes, as
                 :func:`~mmnet_plugin.evaluation.evaluate` does given the context) and rank 0's
                 value is the one every rank uses.
@@ -756,6 +758,7 @@ class Trainer:
                         "accuracy": window_acc / window_n,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "episodes_per_s": window_n * cfg.batch_episodes / max(dt, 1e-9),
+                        "seconds": time.perf_counter() - t_start,
                     }
                     self._log(rec, records)
                     window_loss, window_acc, window_n = 0.0, 0.0, 0
@@ -787,16 +790,20 @@ class Trainer:
         barrier(ctx)  # the checkpoint is complete before any rank goes on
         return records
 
-    def _validate(self, validate: Callable[[torch.nn.Module], float], records: list, source: Any) -> None:
-        acc = float(validate(self.model))
-        acc = float(broadcast_object(acc, self.context))
+    def _validate(self, validate: Callable[[torch.nn.Module], Any], records: list, source: Any) -> None:
+        result = validate(self.model)
+        extra: Dict[str, Any] = {}
+        if isinstance(result, dict):
+            extra = {k: v for k, v in result.items() if k != "accuracy"}
+            result = result["accuracy"]
+        acc = float(broadcast_object(float(result), self.context))
         self.model.train()
         improved = self.best_val is None or acc > self.best_val
         if improved:
             self.best_val = acc
             if self.config.checkpoint and self.context.is_main:
                 self.save(best_checkpoint_path(self.config.checkpoint), source)
-        self._log({"step": self.step, "val_accuracy": acc, "best": improved}, records)
+        self._log({"step": self.step, "val_accuracy": acc, "best": improved, **extra}, records)
 
     def _log(self, record: Dict[str, Any], records: list) -> None:
         records.append(record)

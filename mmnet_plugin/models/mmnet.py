@@ -23,7 +23,8 @@ The model, following the README's "MM-Net as built here" (symbols of the paper):
 
   The factorized block: 1x1 conv, 3x3 depthwise conv with ``W``, 1x1 conv, BN, ReLU,
   max-pool, flattened to ``Dz``.
-* Matching: ``P_n = s * f(q) . g(x_n)`` for each support item ``n``.
+* Matching: ``P_n = s * f(q) . g(x_n)`` for each support item ``n`` (the paper's dot product;
+  cosine and negative squared Euclidean distance are options, ``similarity``).
 * Loss: Eq. 8 written out, ``-sum_{n: y_n = y_q} log softmax_n(P_q)`` per query, averaged
   over the queries of an episode and then over the episodes.
 
@@ -55,6 +56,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..episodes import Episode
@@ -63,9 +65,11 @@ from .contextual import ContextualLearner
 from .factorized import FactorizedConvBlock
 from .memory import MemoryState, read_memory, write_memory
 
-__all__ = ["MMNet", "MMNetOutput", "DECISIONS", "QUERY_BRANCHES"]
+__all__ = ["MMNet", "MMNetOutput", "DECISIONS", "QUERY_BRANCHES", "SIMILARITIES"]
 
 DECISIONS = ("nearest", "class_mass")
+#: The matching functions of :class:`MMNet` and the similarity scale each starts with by default.
+SIMILARITIES = {"dot": 0.125, "cosine": 10.0, "euclidean": 1.0}
 QUERY_BRANCHES = ("residual", "paper")
 EpisodesLike = Union[Episode, Sequence[Episode]]
 
@@ -163,8 +167,13 @@ class MMNet(nn.Module):
         dr: bi-LSTM hidden size ``Dr``.
         memory_slots: memory size ``M`` per episode; ``None`` (default) = as many slots as
             the episode has support items, so the memory never overflows.
-        similarity_scale: ``s`` in ``P = s * f . g``: a positive float or ``"learned"`` (a
-            learned ``s = exp(log_s)`` starting at ``learned_scale_init``). Default 0.125,
+        similarity: the matching function (section 3.5 uses the dot product): ``"dot"``
+            (default) ``P = s * f . g``; ``"cosine"`` ``P = s * cos(f, g)``; ``"euclidean"``
+            ``P = -s * ||f - g||^2`` (the squared distance of Prototypical Networks).
+        similarity_scale: ``s``: a positive float or ``"learned"`` (a learned
+            ``s = exp(log_s)`` starting at ``learned_scale_init``), or ``None`` for the
+            similarity's default (:data:`SIMILARITIES`: 0.125 for ``"dot"``, 10 for
+            ``"cosine"``, 1 for ``"euclidean"``). For the dot product 0.125 was
             chosen by measurement: the paper's raw dot product (``1.0``) starts with a
             saturated softmax (first loss about 10-13) and learned more slowly in every
             comparison we ran (glyph-like data, 200 steps of 16 episodes: 86.8 +- 1.8% at
@@ -217,7 +226,7 @@ class MMNet(nn.Module):
         dm: int = 512,
         dr: int = 512,
         memory_slots: Optional[int] = None,
-        similarity_scale: Union[float, str] = 0.125,
+        similarity_scale: Union[float, str, None] = None,
         decision: str = "nearest",
         backbone: Optional[nn.Module] = None,
         filter_init_scale: float = 1.0,
@@ -228,8 +237,14 @@ class MMNet(nn.Module):
         use_query_branch: bool = True,
         learned_scale_init: float = 1.0,
         query_branch: str = "residual",
+        similarity: str = "dot",
     ) -> None:
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}; got {similarity!r}")
+        self.similarity = similarity
+        if similarity_scale is None:
+            similarity_scale = SIMILARITIES[similarity]
         for name, v in (("in_channels", in_channels), ("image_size", image_size), ("dm", dm), ("dr", dr)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
@@ -422,7 +437,6 @@ class MMNet(nn.Module):
         n_support = [int(e.support_y.shape[0]) for e in eps]
         n_query = [int(e.query_x.shape[0]) for e in eps]
         n_way = [e.n_way for e in eps]
-        b = len(eps)
 
         images = torch.cat([e.support_x for e in eps] + [e.query_x for e in eps]).to(device, p.dtype)
         h = images
@@ -475,8 +489,7 @@ class MMNet(nn.Module):
             1
         )
 
-        scale = self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
-        sim = scale * torch.bmm(f_pad, g.transpose(1, 2))  # [B, Nq, Ns]
+        sim = self._similarities(f_pad, g)  # [B, Nq, Ns]
         sim = sim.masked_fill(~support_mask.unsqueeze(1), float("-inf"))
         class_scores = self._class_scores(sim, sy, n_way)
 
@@ -500,6 +513,19 @@ class MMNet(nn.Module):
             filters=filters,
             write_order=order,
         )
+
+    def _similarities(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``P`` ``[B, Nq, Ns]`` between queries ``f`` ``[B, Nq, Dz]`` and supports ``g`` ``[B, Ns, Dz]``."""
+        scale = self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
+        if self.similarity == "dot":
+            return scale * torch.bmm(f, g.transpose(1, 2))
+        f, g = f.float(), g.float()  # norms and distances in float32, also under bf16 autocast
+        with torch.autocast(f.device.type, enabled=False):
+            if self.similarity == "cosine":
+                return scale * torch.bmm(F.normalize(f, dim=2), F.normalize(g, dim=2).transpose(1, 2))
+            dot = torch.bmm(f, g.transpose(1, 2))
+            sq = f.pow(2).sum(2).unsqueeze(2) + g.pow(2).sum(2).unsqueeze(1) - 2 * dot
+            return -scale * sq.clamp_min(0)
 
     def _class_scores(self, sim: torch.Tensor, support_labels: torch.Tensor, n_way: List[int]) -> torch.Tensor:
         """Class scores ``[B, Nq, C]`` of the decision rule from similarities ``[B, Nq, Ns]``."""
@@ -603,6 +629,7 @@ class MMNet(nn.Module):
             "use_contextual_learner": self.use_contextual_learner,
             "use_query_branch": self.use_query_branch,
             "query_branch": self.query_branch,
+            "similarity": self.similarity,
         }
 
     @classmethod
@@ -686,7 +713,7 @@ class MMNet(nn.Module):
         return (
             f"in_channels={self.in_channels}, image_size={self.image_size}, dz={self.dz}, dm={self.dm}, "
             f"dr={self.dr}, memory_slots={self.memory_slots}, similarity_scale={scale}, "
-            f"decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
+            f"similarity={self.similarity!r}, decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
             f"use_memory_read={self.use_memory_read}, use_contextual_learner={self.use_contextual_learner}, "
             f"use_query_branch={self.use_query_branch}, query_branch={self.query_branch!r}"
         )

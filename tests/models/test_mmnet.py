@@ -407,3 +407,20 @@ def test_outputs_and_gradients_equal_those_of_the_one_step_per_item_write(monkey
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine", "euclidean"])
+def test_similarity_functions(similarity):
+    model = tiny(similarity=similarity, similarity_scale=0.5).eval()
+    out = model.forward_batch(make_episode(4, 2, 3, seed=1))
+    f, g = out.query_embeddings[0], out.support_embeddings[0]
+    want = {
+        "dot": f @ g.T,
+        "cosine": torch.nn.functional.normalize(f, dim=1) @ torch.nn.functional.normalize(g, dim=1).T,
+        "euclidean": -torch.cdist(f, g).pow(2),
+    }[similarity]
+    torch.testing.assert_close(out.episode_similarities(0), 0.5 * want, rtol=1e-4, atol=1e-4)
+    assert model.config["similarity"] == similarity
+    assert tiny(similarity=similarity).fixed_scale == {"dot": 0.125, "cosine": 10.0, "euclidean": 1.0}[similarity]
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        tiny(similarity="l1")
