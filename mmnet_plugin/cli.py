@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", default="val", help="validation split (default val)")
     train.add_argument("--val-episodes", type=positive_int, default=200, help="validation episodes (default 200)")
     train.add_argument(
+        "--val-queries",
+        type=positive_int,
+        default=15,
+        help="query images per class in validation episodes (default 15, the evaluation protocol's)",
+    )
+    train.add_argument(
         "--val-settings",
         type=settings_arg,
         default=None,
@@ -300,7 +306,7 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
             per_setting = {}
             for w, k in settings:
                 eps = EpisodeSampler(
-                    val_set, ways=w, shots=k, queries=args.queries, seed=args.seed + 1, episodes=args.val_episodes
+                    val_set, ways=w, shots=k, queries=args.val_queries, seed=args.seed + 1, episodes=args.val_episodes
                 )
                 result = evaluate(m, eps, device=device, context=ctx, batch_episodes=25)
                 per_setting[format_setting(w, k)] = {"accuracy": result.accuracy, "ci95": result.ci95}
