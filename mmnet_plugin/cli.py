@@ -157,8 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=25,
         help="test episodes scored in one batch (default 25; each is still scored on its own)",
     )
-    ev.add_argument("--checkpoint", required=True, help="checkpoint written by mmnet train")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="checkpoint written by mmnet train")
+    which.add_argument(
+        "--pretrained", metavar="NAME", help="weights shipped with the package, e.g. omniglot (offline, checksummed)"
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ex = sub.add_parser("export", help="write compact pretrained weights and their manifest from a checkpoint")
+    ex.add_argument("--checkpoint", required=True, help="a checkpoint of mmnet train (e.g. its .best.pt)")
+    ex.add_argument("--name", required=True, help="the weights' name, e.g. omniglot")
+    ex.add_argument("--out", required=True, help="folder for <name>-mmnet.pt and <name>.json")
+    ex.add_argument(
+        "--info", default=None, help="a JSON file of more manifest entries (preprocessing, training, selection, test)"
+    )
     # listed for --help only: main() hands `mmnet bench ...` to the harness before parsing
     sub.add_parser(
         "bench",
@@ -366,8 +377,24 @@ def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .evaluation import evaluate
     from .models import MMNet
 
-    model = MMNet.from_checkpoint(args.checkpoint, map_location=device)
+    if args.pretrained is not None:
+        from .pretrained import manifest
+
+        manifest(args.pretrained)  # an unknown name fails before any data is read
     test_set = _load(args, args.split)
+    if args.pretrained is not None:
+        model = MMNet.pretrained(args.pretrained, map_location=device)
+        source = f"--pretrained {args.pretrained}"
+    else:
+        model = MMNet.from_checkpoint(args.checkpoint, map_location=device)
+        source = f"--checkpoint {args.checkpoint}"
+    shape = tuple(int(v) for v in _image_shape(test_set))
+    want = (model.in_channels, model.image_size, model.image_size)
+    if shape != want:
+        raise ValueError(
+            f"{args.dataset} {args.split} images are {'x'.join(map(str, shape))} but the model of {source} takes "
+            f"{'x'.join(map(str, want))}; evaluate it on data of that shape"
+        )
     sampler = EpisodeSampler(
         test_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, episodes=args.episodes
     )
@@ -377,6 +404,25 @@ def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     if not ctx.is_main:
         return 0
     print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .pretrained import export_pretrained
+
+    info = None
+    if args.info:
+        try:
+            info = json.loads(Path(args.info).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--info {args.info} is not a readable JSON file ({exc})") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"--info {args.info} must hold a JSON object of manifest entries")
+    entry = export_pretrained(args.checkpoint, args.name, args.out, info)
+    print(f"wrote {Path(args.out) / entry['file']} ({entry['bytes']} bytes, sha256 {entry['sha256']}) and its manifest")
     return 0
 
 
@@ -407,6 +453,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_cpu_allocator()
     try:
+        if args.command == "export":
+            return _export(args)
         return _run(_train if args.command == "train" else _evaluate, args)
     except (ValueError, DataNotFoundError, CheckpointError, FloatingPointError) as exc:
         print(f"mmnet{_rank_tag()}: error: {exc}", file=sys.stderr)

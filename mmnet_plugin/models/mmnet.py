@@ -633,6 +633,29 @@ class MMNet(nn.Module):
         }
 
     @classmethod
+    def pretrained(cls, name: str = "omniglot", map_location: Union[str, torch.device] = "cpu") -> "MMNet":
+        """The MM-Net of the pretrained weights shipped with the package (offline, checksummed).
+
+        See :mod:`mmnet_plugin.pretrained` for the manifest (training command, commit, budget,
+        measured accuracy) and the preprocessing the weights expect: for ``"omniglot"``,
+        ``[n, 1, 28, 28]`` images in ``[0, 1]`` with bright ink on black.
+
+        Args:
+            name: which weights (``mmnet_plugin.pretrained.available()``).
+            map_location: where to put the model.
+
+        Returns:
+            The model in float32, ``eval()`` mode.
+
+        Raises:
+            ValueError: for an unknown name (the available ones are listed).
+            CheckpointError: if the shipped file is missing, fails its SHA-256 or does not fit.
+        """
+        from ..pretrained import load_pretrained
+
+        return load_pretrained(name, map_location=map_location)
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: Union[str, "os.PathLike[str]"],
