@@ -126,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--log", default=None, help="JSON-lines training log")
     train.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast on CUDA, or on a CPU with native bf16 (AVX512-BF16 or AMX)"
+        "--precision",
+        choices=("auto", "bf16", "float32"),
+        default="auto",
+        help="auto (default): bf16 autocast with channels-last convolutions on a CPU with native bf16 "
+        "(AVX512-BF16 or AMX), float32 elsewhere; bf16 also on CUDA. Stated in the log and the checkpoint",
     )
+    train.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
         "--threads",
@@ -248,11 +253,14 @@ def _run(body: Callable[[argparse.Namespace, torch.device, Any], int], args: arg
 def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     from .episodes import EpisodeSampler
     from .evaluation import evaluate
-    from .training import TrainConfig, Trainer, check_bf16, check_writable
+    from .training import TrainConfig, Trainer, check_bf16, check_writable, default_bf16
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint (the file to continue from)")
     if args.bf16:
+        args.precision = "bf16"
+    bf16 = default_bf16(device) if args.precision == "auto" else args.precision == "bf16"
+    if bf16:
         check_bf16(device)
     if args.checkpoint:
         check_writable(args.checkpoint, "--checkpoint")
@@ -286,7 +294,7 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         lr_schedule=args.lr_schedule,
         lr_halve_every=args.lr_halve_every,
         device=str(device),
-        bf16=args.bf16,
+        bf16=bf16,
         checkpoint=args.checkpoint,
         checkpoint_every=max(0, args.checkpoint_every),
         val_every=max(0, args.val_every),
@@ -295,7 +303,13 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         time_limit=args.time_limit,
         sync_bn=args.sync_bn,
     )
-    extra = {"dataset": args.dataset, "split": args.split, "seed": args.seed}
+    extra = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "seed": args.seed,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+    }
     trainer = Trainer(model, config, model_config=model_config, extra_state=extra, context=ctx)
     validate = None
     if args.val_every > 0:

@@ -1,9 +1,11 @@
 """The ``mmnet`` command: train and evaluate end to end, one-line errors."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmnet_plugin.arguments import parse_settings
 from mmnet_plugin.cli import main
@@ -315,3 +317,33 @@ def test_bad_torchrun_environment_is_one_line(capsys, monkeypatch):
     assert main(["evaluate", "--dataset", "glyphs", "--device", "cpu", "--checkpoint", "x.pt"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmnet: error: WORLD_SIZE=2 is set but RANK is not") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "native, precision, expect",
+    [(True, None, True), (False, None, False), (True, "float32", False), (True, "bf16", True)],
+)
+def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(tmp_path, capsys, monkeypatch, native, precision, expect):
+    """The default precision follows the CPU and is stated in the log and the checkpoint."""
+    import mmnet_plugin.training as training
+
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: native)
+    log, ckpt = tmp_path / "log.jsonl", tmp_path / "m.pt"
+    extra = ["--precision", precision] if precision else []
+    assert main(["train", *GLYPHS, *extra, "--log", str(log), "--checkpoint", str(ckpt)]) == 0
+    assert ("bf16 autocast" in capsys.readouterr().out) == expect
+    start = json.loads(log.read_text().splitlines()[0])
+    assert start["bf16_autocast"] is expect
+    state = torch.load(ckpt, weights_only=True)
+    assert state["train_config"]["bf16"] is expect and state["extra"]["precision"] == (precision or "auto")
+    assert state["extra"]["threads"] == torch.get_num_threads()
+
+
+def test_validation_on_several_settings_is_logged_per_setting(tmp_path):
+    log = tmp_path / "log.jsonl"
+    args = ["train", *GLYPHS, "--val-every", "2", "--val-settings", "5w1s,3w2s", "--val-episodes", "4"]
+    assert main([*args, "--log", str(log), "--precision", "float32"]) == 0
+    val = [json.loads(line) for line in log.read_text().splitlines() if "val_accuracy" in line][-1]
+    assert set(val["settings"]) == {"5w1s", "3w2s"}
+    mean = sum(v["accuracy"] for v in val["settings"].values()) / 2
+    assert val["val_accuracy"] == pytest.approx(mean)

@@ -14,6 +14,18 @@ and as a ratio to ProtoNet.
 
 Targets (a benchmark, not a test): on the CPU, MM-Net's training step at most 1.5x
 ProtoNet's per episode, and faster than learn2learn's MAML.
+
+``--step`` measures instead MM-Net's training step at the shipped configuration against a bare
+Conv-4 training step on the same images::
+
+    python -m mmnet_plugin.bench.speed --step --dataset omniglot --threads 2
+
+One batch of ``--batch-episodes`` episodes of the training distribution (mixed ``--ways`` and
+``--shots``, ``--queries`` per class) is drawn once; each round times, interleaved, the MM-Net
+step (forward, Eq. 8, backward, Adam; in the shipped precision) and the bare Conv-4 step
+(Conv-4 forward on all support and query images, a squared-norm loss, backward, Adam) in float32
+and in bf16 autocast with channels-last convolutions. Images per second count support and query
+images; the target is MM-Net at >= 0.8x the faster bare form.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from mmnet_plugin.arguments import positive_int, resolve_device
+from mmnet_plugin.arguments import positive_int, range_arg, resolve_device
 from mmnet_plugin.data import load_dataset
 from mmnet_plugin.episodes import EpisodeSampler
 from mmnet_plugin.runtime import tune_cpu_allocator
@@ -159,6 +171,111 @@ def measure(
     return out
 
 
+def measure_step(
+    device: torch.device,
+    dataset: str,
+    data_root: Optional[str],
+    ways: Any,
+    shots: Any,
+    queries: int,
+    batch_episodes: int,
+    rounds: int,
+    bf16: bool,
+    seed: int,
+) -> Dict[str, Any]:
+    """Images per second of MM-Net's training step and of bare Conv-4 steps on one batch.
+
+    Returns:
+        ``{"images": n, "mmnet": {...}, "conv4_float32": {...}, "conv4_bf16": {...}, "ratio": r}``:
+        per form the median seconds a step and images per second; ``ratio`` is MM-Net's images
+        per second over the faster bare form's.
+    """
+    from mmnet_plugin.models import MMNet
+    from mmnet_plugin.models.backbone import Conv4
+    from mmnet_plugin.training import cpu_bf16_supported
+
+    ds = load_dataset(dataset, split="train", data_root=data_root)
+    sampler = EpisodeSampler(ds, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, "step"))
+    batch = [ep.to(device) for ep in sampler.sample_batch(batch_episodes)]
+    images = torch.cat([e.support_x for e in batch] + [e.query_x for e in batch])
+    n_images = int(images.shape[0])
+    bf16_ok = device.type == "cuda" or cpu_bf16_supported() is not False
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(derive_seed(seed, "init"))
+        mmnet = MMNet(in_channels=int(images.shape[1]), image_size=int(images.shape[2])).to(device).train()
+        conv4 = Conv4(int(images.shape[1])).to(device).train()
+    opt_m = torch.optim.Adam(mmnet.parameters(), lr=1e-3)
+    opt_c = torch.optim.Adam(conv4.parameters(), lr=1e-3)
+
+    def mmnet_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = mmnet.loss(batch)
+        opt_m.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt_m.step()
+
+    def conv4_step(autocast: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = conv4(images).float().pow(2).mean()
+        opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_c.step()
+
+    forms: Dict[str, Any] = {"mmnet": mmnet_step, "conv4_float32": lambda: conv4_step(False)}
+    if bf16_ok:
+        forms["conv4_bf16"] = lambda: conv4_step(True)
+    times: Dict[str, List[float]] = {k: [] for k in forms}
+    for fn in forms.values():  # warm-up
+        fn()
+    names = list(forms)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            forms[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    out: Dict[str, Any] = {
+        "device": device_description(device),
+        "dataset": dataset,
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "batch_episodes": batch_episodes,
+        "images": n_images,
+        "rounds": rounds,
+        "mmnet_precision": "bf16 autocast" if bf16 else "float32",
+        "fingerprint": sampler.fingerprint,
+    }
+    for name, t in times.items():
+        sec = float(np.median(t))
+        out[name] = {"seconds": sec, "images_per_s": n_images / sec, "rounds": t}
+    best = max(out[k]["images_per_s"] for k in forms if k.startswith("conv4"))
+    out["ratio"] = out["mmnet"]["images_per_s"] / best
+    return out
+
+
+def report_step(res: Dict[str, Any]) -> str:
+    """The lines ``--step`` prints."""
+    dev = res["device"]
+    lines = [
+        f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads): {res['dataset']}, "
+        f"{res['batch_episodes']} episodes of {res['ways']}-way {res['shots']}-shot with {res['queries']} "
+        f"queries/class = {res['images']} images a step, median of {res['rounds']} interleaved rounds "
+        f"(fingerprint {res['fingerprint'][:16]})"
+    ]
+    for name, label in (
+        ("mmnet", f"MM-Net step ({res['mmnet_precision']})"),
+        ("conv4_float32", "bare Conv-4 step, float32"),
+        ("conv4_bf16", "bare Conv-4 step, bf16 autocast + channels-last"),
+    ):
+        if name in res:
+            lines.append(f"{label:50s} {res[name]['seconds']:7.3f} s  {res[name]['images_per_s']:8.0f} images/s")
+    ok = "met" if res["ratio"] >= 0.8 else "NOT met"
+    lines.append(f"target MM-Net >= 0.8x the faster bare Conv-4 step: {res['ratio']:.2f}x -> {ok}")
+    return "\n".join(lines)
+
+
 def report(res: Dict[str, Any]) -> str:
     dev = res["device"]
     alloc = f", allocator {dev['cpu_allocator']}" if "cpu_allocator" in dev else ""
@@ -216,6 +333,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "only comparable with 1",
     )
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MM-Net step")
+    p.add_argument("--step", action="store_true", help="MM-Net's training step against a bare Conv-4 step (above)")
+    p.add_argument("--dataset", default="glyphs", help="--step: data set of the batch (default glyphs)")
+    p.add_argument("--data-root", default=None, help="--step: data root (default MMNET_DATA_ROOT)")
+    p.add_argument("--step-ways", type=range_arg, default=(2, 20), help="--step: ways (default 2-20)")
+    p.add_argument("--step-shots", type=range_arg, default=(1, 5), help="--step: shots (default 1-5)")
+    p.add_argument("--batch-episodes", type=positive_int, default=16, help="--step: episodes a step (default 16)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "float32"),
+        default="auto",
+        help="--step: MM-Net's precision; auto: bf16 autocast where the CPU has native bf16 (the shipped default)",
+    )
     p.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -232,6 +361,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_cpu_allocator()
+    if args.step:
+        from mmnet_plugin.training import default_bf16
+
+        steps = []
+        for device in devices:
+            bf16 = default_bf16(device) if args.precision == "auto" else args.precision == "bf16"
+            res = measure_step(
+                device,
+                args.dataset,
+                args.data_root,
+                args.step_ways,
+                args.step_shots,
+                args.queries,
+                args.batch_episodes,
+                args.rounds,
+                bf16,
+                args.seed,
+            )
+            steps.append(res)
+            print(report_step(res) + "\n")
+        if args.json:
+            atomic_write_json(args.json, {"versions": versions(), "step": steps})
+        return 0
     results = []
     for device in devices:
         res = measure(
