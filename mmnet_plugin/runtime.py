@@ -17,6 +17,13 @@ of returning it to the system between steps. ``mmnet``, ``benchmarks/run.py``,
 ``benchmarks/analysis.py`` and ``benchmarks/speed.py`` call it at start; a library user who
 trains on the CPU may call it once from their own script. Set ``MMNET_CPU_ALLOCATOR=default``
 to leave the allocator alone.
+
+It also bounds oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, unless already
+set) at 64 kernels. oneDNN keeps a compiled kernel per convolution shape, 1,024 by default, and
+mixed C-way k-shot batches change the image count, so the shape, at every step: with the
+default cache a process training on mixed batches grew by gigabytes over hundreds of steps
+(measured: 8-episode mixed bf16 steps, 1.2 to 3.6 GB in 70 steps; 1.2 to 2.2 GB with 64 kernels,
+at the same speed). The setting takes effect when it is made before the first convolution.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ __all__ = ["tune_cpu_allocator", "cpu_allocator_state"]
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TRIM_BYTES = 1 << 30
+_ONEDNN_CACHE = "64"
 _state: Optional[str] = None
 
 
@@ -39,7 +47,7 @@ def cpu_allocator_state() -> str:
     """How the CPU allocator is set up in this process, for result records.
 
     Returns:
-        ``"glibc: mmap off, trim at 1 GiB"`` after a successful :func:`tune_cpu_allocator`,
+        ``"glibc: mmap off, trim at 1 GiB, oneDNN cache 64"`` after a successful :func:`tune_cpu_allocator`,
         otherwise ``"default"`` or the reason the tuning was not applied.
     """
     return _state or "default"
@@ -60,6 +68,7 @@ def tune_cpu_allocator() -> bool:
     if os.environ.get("MMNET_CPU_ALLOCATOR", "").strip().lower() == "default":
         _state = "default (MMNET_CPU_ALLOCATOR=default)"
         return False
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", _ONEDNN_CACHE)
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _state = "default (not glibc)"
         return False
@@ -72,5 +81,6 @@ def tune_cpu_allocator() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES))
-    _state = "glibc: mmap off, trim at 1 GiB" if ok else "default (mallopt refused)"
+    cache = f", oneDNN cache {os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY')}"
+    _state = ("glibc: mmap off, trim at 1 GiB" if ok else "default (mallopt refused)") + cache
     return ok

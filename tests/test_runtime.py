@@ -52,3 +52,20 @@ def test_other_platforms_are_left_alone(fresh, monkeypatch):
     monkeypatch.setattr(runtime.platform, "system", lambda: "Darwin")
     assert fresh.tune_cpu_allocator() is False
     assert fresh.cpu_allocator_state() == "default (not glibc)"
+
+
+@pytest.mark.parametrize("preset", [None, "256"])
+def test_onednn_primitive_cache_is_bounded_unless_set(fresh, monkeypatch, preset):
+    """Mixed batches change the convolution shapes every step: the kernel cache is capped at 64
+    (a value the user set is kept) and the setting is stated in the allocator record."""
+    if preset is None:
+        monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", preset)
+    monkeypatch.delenv("MMNET_CPU_ALLOCATOR", raising=False)
+    fresh.tune_cpu_allocator()
+    import os
+
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == (preset or "64")
+    if GLIBC:
+        assert fresh.cpu_allocator_state().endswith(f"oneDNN cache {preset or '64'}")
