@@ -80,10 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     train.add_argument(
         "--lr-schedule",
-        choices=("step", "budget", "cosine"),
+        choices=("step", "budget", "cosine", "plateau"),
         default="step",
         help="step: halve every --lr-halve-every steps (the paper's, default); budget: halve "
-        "every steps/4; cosine: anneal to 0 over --steps",
+        "every steps/4; cosine: anneal to 0 over --steps; plateau: halve after more than --lr-patience "
+        "validations without a gain of --lr-plateau-delta",
+    )
+    train.add_argument(
+        "--lr-patience", type=int, default=4, help="plateau: validations without a gain tolerated (default 4)"
+    )
+    train.add_argument(
+        "--lr-plateau-delta",
+        type=float,
+        default=0.002,
+        help="plateau: the gain in validation accuracy that counts, a fraction (default 0.002)",
+    )
+    train.add_argument(
+        "--stop-on-plateau",
+        action="store_true",
+        help="stop once validation has plateaued after a learning-rate decay (the best of the last quarter of "
+        "the steps does not beat the earlier best by more than its 95%% interval)",
     )
     train.add_argument(
         "--lr-halve-every",
@@ -293,6 +309,9 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         lr_halve_every=args.lr_halve_every,
+        lr_patience=args.lr_patience,
+        lr_plateau_delta=args.lr_plateau_delta,
+        stop_on_plateau=args.stop_on_plateau,
         device=str(device),
         bf16=bf16,
         checkpoint=args.checkpoint,
@@ -335,8 +354,10 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
                 )
                 result = evaluate(m, eps, device=device, context=ctx, batch_episodes=25)
                 per_setting[format_setting(w, k)] = {"accuracy": result.accuracy, "ci95": result.ci95}
-            mean = sum(r["accuracy"] for r in per_setting.values()) / len(per_setting)
-            return {"accuracy": mean, "settings": per_setting}
+            n = len(per_setting)
+            mean = sum(r["accuracy"] for r in per_setting.values()) / n
+            ci = sum(r["ci95"] ** 2 for r in per_setting.values()) ** 0.5 / n  # of the mean of independent sets
+            return {"accuracy": mean, "ci95": ci, "settings": per_setting}
 
     trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
@@ -347,7 +368,9 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     if trainer.autocast:
         saved += ", bf16 autocast"
     saved += f", checkpoint {args.checkpoint}" if args.checkpoint else ""
-    if trainer.stopped_early:
+    if trainer.stopped_early and trainer.history and trainer.history[-1].get("stopped") == "plateau":
+        saved += f"; stopped at step {trainer.step}: validation has plateaued"
+    elif trainer.stopped_early:
         saved += f"; stopped by --time-limit {args.time_limit:g}s before step {args.steps} (rerun with --resume)"
     if ctx.enabled:
         saved += f"; {ctx.world_size} processes ({ctx.backend}{', sync-bn' if args.sync_bn else ''})"

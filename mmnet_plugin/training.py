@@ -67,11 +67,12 @@ __all__ = [
     "cpu_bf16_supported",
     "check_bf16",
     "default_bf16",
+    "plateau_reached",
     "check_writable",
 ]
 
 #: The learning-rate schedules of :class:`TrainConfig`.
-LR_SCHEDULES = ("step", "budget", "cosine")
+LR_SCHEDULES = ("step", "budget", "cosine", "plateau")
 
 PathLike = Union[str, os.PathLike]
 
@@ -92,8 +93,20 @@ class TrainConfig:
             20,000); ``"budget"``: halve every ``max(1, steps // 4)`` steps, so a run of any
             length ends at ``lr / 8``; ``"cosine"``: cosine annealing from ``lr`` to 0 over
             ``steps``. The budget and cosine schedules depend on ``steps``, so a resumed run
-            must keep ``steps`` (see :meth:`schedule`).
+            must keep ``steps`` (see :meth:`schedule`). ``"plateau"``: halve when more than
+            ``lr_patience`` validations in a row have not beaten the best validation accuracy by
+            more than ``lr_plateau_delta`` (torch's ``ReduceLROnPlateau``; needs ``val_every``):
+            for runs whose length is decided by the validation curve, not in advance.
         lr_halve_every: halve the learning rate every this many steps (``"step"`` only).
+        lr_patience: validations without improvement tolerated before halving (``"plateau"``).
+        lr_plateau_delta: the improvement in validation accuracy (a fraction) that counts
+            (``"plateau"``).
+        stop_on_plateau: stop when validation has plateaued after at least one learning-rate
+            decay: the best validation accuracy of the last quarter of the steps so far does not
+            beat the best before it by more than that validation's 95% interval (the ``"ci95"``
+            entry the ``validate`` callable returns; 0 without one). The last record is then
+            ``{"stopped": "plateau"}``. Validations are kept in the checkpoint, so the rule sees
+            the whole run across resumes.
         weight_decay: Adam weight decay.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         bf16: bf16 autocast of the forward pass, on CUDA and on the CPU; refused (ValueError
@@ -127,6 +140,9 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "step"
     lr_halve_every: int = 20000
+    lr_patience: int = 4
+    lr_plateau_delta: float = 0.002
+    stop_on_plateau: bool = False
     weight_decay: float = 0.0
     device: str = "cpu"
     bf16: bool = False
@@ -153,6 +169,15 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}"
             )
+        if self.lr_schedule == "plateau" and not int(self.val_every) > 0:
+            raise ValueError("TrainConfig.lr_schedule 'plateau' halves on validation: set val_every (e.g. 500)")
+        if self.stop_on_plateau and not int(self.val_every) > 0:
+            raise ValueError("TrainConfig.stop_on_plateau stops on validation: set val_every (e.g. 500)")
+        if int(self.lr_patience) < 0 or not self.lr_plateau_delta >= 0:
+            raise ValueError(
+                f"TrainConfig.lr_patience and lr_plateau_delta must be 0 or more; got {self.lr_patience}, "
+                f"{self.lr_plateau_delta}"
+            )
         if not self.time_limit >= 0:
             raise ValueError(
                 f"TrainConfig.time_limit must be 0 (no limit) or a positive number of seconds; got {self.time_limit}"
@@ -168,6 +193,14 @@ class TrainConfig:
         """
         if self.lr_schedule == "cosine":
             return {"name": "cosine", "lr": float(self.lr), "t_max": int(self.steps), "eta_min": 0.0}
+        if self.lr_schedule == "plateau":
+            return {
+                "name": "plateau",
+                "lr": float(self.lr),
+                "patience": int(self.lr_patience),
+                "delta": float(self.lr_plateau_delta),
+                "gamma": 0.5,
+            }
         every = int(self.lr_halve_every) if self.lr_schedule == "step" else max(1, int(self.steps) // 4)
         return {"name": self.lr_schedule, "lr": float(self.lr), "halve_every": every, "gamma": 0.5}
 
@@ -192,6 +225,15 @@ def _saved_schedule(train_config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 def _build_scheduler(optimizer: torch.optim.Optimizer, spec: Dict[str, Any]) -> Any:
     if spec["name"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec["t_max"], eta_min=spec["eta_min"])
+    if spec["name"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=spec["gamma"],
+            patience=spec["patience"],
+            threshold=spec["delta"],
+            threshold_mode="abs",
+        )
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec["halve_every"], gamma=spec["gamma"])
 
 
@@ -445,6 +487,8 @@ class Trainer:
         self.best_val: Optional[float] = None
         self.history: List[Dict[str, Any]] = []
         self.stopped_early = False
+        #: Every validation of the run, across resumes: ``{"step", "accuracy", "ci95", "lr"}``.
+        self.validations: List[Dict[str, Any]] = []
         #: What the last :meth:`fit` ran with (its start record in the log): schedule, bf16, device.
         self.run_info: Dict[str, Any] = {}
 
@@ -458,6 +502,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "best_val": self.best_val,
+            "validations": list(self.validations),
             "train_config": {**asdict(self.config), "schedule": dict(self.schedule)},
             "model_config": self.model_config,
             "extra": self.extra_state,
@@ -497,6 +542,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not fit this model: {exc}") from None
         self.step = int(state.get("step", 0))
         self.best_val = state.get("best_val")
+        self.validations = [dict(v) for v in state.get("validations") or [] if isinstance(v, dict)]
         if source is not None and "sampler" in state:
             if not hasattr(source, "load_state_dict"):
                 raise CheckpointError(
@@ -754,7 +800,8 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
-                self.scheduler.step()
+                if self.schedule["name"] != "plateau":  # that one steps on validations
+                    self.scheduler.step()
                 self.step += 1
                 window_loss += loss_value
                 window_acc += acc_value
@@ -775,10 +822,11 @@ class Trainer:
                     self._log(rec, records)
                     window_loss, window_acc, window_n = 0.0, 0.0, 0
                     t_window = time.perf_counter()
-                validated = False
+                validated = plateaued = False
                 if validate is not None and cfg.val_every and self.step % cfg.val_every == 0:
                     self._validate(validate, records, source)
                     validated = True
+                    plateaued = cfg.stop_on_plateau and plateau_reached(self.validations, self.schedule["lr"])
                 if (
                     cfg.checkpoint
                     and main
@@ -786,6 +834,10 @@ class Trainer:
                 ):
                     self.save(cfg.checkpoint, source)
                 elapsed = time.perf_counter() - t_start
+                if plateaued and self.step < cfg.steps:
+                    self.stopped_early = True
+                    self._log({"step": self.step, "stopped": "plateau", "seconds": elapsed}, records)
+                    break
                 if cfg.time_limit and self.step < cfg.steps:
                     passed = elapsed >= cfg.time_limit
                     if ctx.enabled:
@@ -810,6 +862,17 @@ class Trainer:
             result = result["accuracy"]
         acc = float(broadcast_object(float(result), self.context))
         self.model.train()
+        ci = extra.get("ci95")
+        self.validations.append(
+            {
+                "step": self.step,
+                "accuracy": acc,
+                "ci95": float(ci) if isinstance(ci, (int, float)) else 0.0,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+        )
+        if self.schedule["name"] == "plateau":
+            self.scheduler.step(acc)
         improved = self.best_val is None or acc > self.best_val
         if improved:
             self.best_val = acc
@@ -828,6 +891,28 @@ class Trainer:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+def plateau_reached(validations: Sequence[Dict[str, Any]], start_lr: float) -> bool:
+    """Whether a run's validation curve has plateaued after a learning-rate decay.
+
+    The rule: at least one validation ran at a learning rate below ``start_lr``, and the best
+    accuracy among the validations of the last quarter of the steps so far does not beat the
+    best before that quarter by more than that earlier best's 95% interval.
+
+    Args:
+        validations: ``{"step", "accuracy", "ci95", "lr"}`` records in order (``Trainer.validations``).
+        start_lr: the schedule's initial learning rate.
+    """
+    if not validations or not any(v["lr"] < start_lr for v in validations):
+        return False
+    cut = 0.75 * validations[-1]["step"]
+    before = [v for v in validations if v["step"] < cut]
+    recent = [v for v in validations if v["step"] >= cut]
+    if not before or not recent:
+        return False
+    best = max(before, key=lambda v: v["accuracy"])
+    return max(v["accuracy"] for v in recent) <= best["accuracy"] + best.get("ci95", 0.0)
 
 
 def _describe(spec: Dict[str, Any]) -> str:

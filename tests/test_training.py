@@ -352,3 +352,69 @@ def test_writability_probe_leaves_nothing_behind(tmp_path):
     existing.write_text("old\n")
     training.check_writable(existing, "log")
     assert existing.read_text() == "old\n"
+
+
+def _fit_with_validations(tmp_path, steps, accuracies, resume=False, **config):
+    """Fit with a validate callable that returns the given accuracies in turn (ci95 0.01)."""
+    sampler = EpisodeSampler(_dataset(), ways=(2, 5), shots=(1, 3), queries=2, seed=4)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_episodes=2,
+        checkpoint=str(tmp_path / "p.pt"),
+        log_every=1,
+        progress=False,
+        val_every=1,
+        **config,
+    )
+    trainer = Trainer(_model(), cfg, model_config=SMALL)
+    values = iter(accuracies)
+    trainer.fit(sampler, validate=lambda m: {"accuracy": next(values), "ci95": 0.01}, resume=resume)
+    return trainer
+
+
+def test_plateau_schedule_halves_after_patience_validations_without_a_gain(tmp_path):
+    # the first validation sets the best; 0.502 is not a gain of more than 0.002; three then halve
+    trainer = _fit_with_validations(
+        tmp_path, 6, [0.5, 0.502, 0.501, 0.5, 0.6, 0.6], lr_schedule="plateau", lr_patience=2
+    )
+    lrs = [v["lr"] for v in trainer.validations]
+    assert lrs == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4]
+    assert trainer.state_dict()["train_config"]["schedule"]["name"] == "plateau"
+
+
+def test_plateau_schedule_needs_validation():
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(lr_schedule="plateau")
+
+
+def test_plateau_rule():
+    def v(step, acc, lr=1e-3, ci=0.01):
+        return {"step": step, "accuracy": acc, "ci95": ci, "lr": lr}
+
+    rising = [v(1, 0.5), v(2, 0.6), v(3, 0.7, 5e-4), v(4, 0.8, 5e-4)]
+    flat = [v(1, 0.5), v(2, 0.7), v(3, 0.705, 5e-4), v(4, 0.709, 5e-4)]
+    no_decay = [v(1, 0.5), v(2, 0.7), v(3, 0.705), v(4, 0.709)]
+    assert not training.plateau_reached(rising, 1e-3)
+    assert training.plateau_reached(flat, 1e-3)
+    assert not training.plateau_reached(no_decay, 1e-3)
+    assert not training.plateau_reached([], 1e-3)
+
+
+def test_stop_on_plateau_stops_and_validations_survive_a_resume(tmp_path):
+    first = _fit_with_validations(
+        tmp_path, 3, [0.5, 0.6, 0.7], lr_schedule="plateau", lr_patience=0, stop_on_plateau=True
+    )
+    assert not first.stopped_early and len(first.validations) == 3
+    # resumed: the earlier validations are still there; flat after a decay -> stop
+    again = _fit_with_validations(
+        tmp_path,
+        20,
+        [0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7],
+        resume=True,
+        lr_schedule="plateau",
+        lr_patience=0,
+        stop_on_plateau=True,
+    )
+    assert again.validations[:3] == first.validations
+    assert again.stopped_early and again.history[-1]["stopped"] == "plateau"
+    assert again.step < 20 and any(v["lr"] < 1e-3 for v in again.validations)
