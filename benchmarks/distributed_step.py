@@ -102,6 +102,7 @@ def _worker(args: argparse.Namespace) -> None:
     """One process (or one rank) of a mode: time the steps, rank 0 writes the record."""
     import torch
 
+    from mmnet_plugin.arguments import range_arg
     from mmnet_plugin.cli import build_model
     from mmnet_plugin.data import load_dataset
     from mmnet_plugin.distributed import all_reduce_max, barrier, destroy_distributed, init_distributed
@@ -128,11 +129,18 @@ def _worker(args: argparse.Namespace) -> None:
         model = build_model(config, seed=args.seed)
         trainer = Trainer(
             model,
-            TrainConfig(batch_episodes=args.batch_episodes, device=args.device, progress=False, sync_bn=args.sync_bn),
+            TrainConfig(
+                batch_episodes=args.batch_episodes,
+                device=args.device,
+                progress=False,
+                sync_bn=args.sync_bn,
+                bf16=args.precision == "bf16",
+            ),
             model_config=config,
             context=ctx,
         )
-        sampler = EpisodeSampler(data, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
+        ways, shots = range_arg(args.ways), range_arg(args.shots)
+        sampler = EpisodeSampler(data, ways=ways, shots=shots, queries=args.queries, seed=args.seed)
         draws, steps, losses = [], [], []
         cuda = trainer.device.type == "cuda"
         for _ in range(args.warmup + args.steps):
@@ -166,6 +174,7 @@ def _worker(args: argparse.Namespace) -> None:
                 "ways": args.ways,
                 "shots": args.shots,
                 "queries": args.queries,
+                "precision": args.precision,
                 "dataset": args.dataset,
                 "seed": args.seed,
             },
@@ -194,6 +203,8 @@ def _run_mode(mode: Dict[str, Any], args: argparse.Namespace, record: Path) -> D
         str(args.shots),
         "--queries",
         str(args.queries),
+        "--precision",
+        args.precision,
         "--batch-episodes",
         str(args.batch_episodes),
         "--steps",
@@ -242,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default="glyphs", help="glyphs (default, embedded) or omniglot")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $MMNET_DATA_ROOT)")
-    p.add_argument("--ways", type=int, default=20)
-    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--ways", default="20", help="C or a range such as 2-20 (mixed batches; default 20)")
+    p.add_argument("--shots", default="1", help="k or a range such as 1-5 (default 1)")
+    p.add_argument(
+        "--precision", choices=("float32", "bf16"), default="float32", help="bf16: autocast (default float32)"
+    )
     p.add_argument("--queries", type=int, default=5, help="query images per class (default 5)")
     p.add_argument("--batch-episodes", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
@@ -267,7 +281,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         modes = _parse_modes(args.modes)
-        for name in ("ways", "shots", "queries", "batch_episodes", "steps"):
+        from mmnet_plugin.arguments import range_arg
+
+        for name in ("ways", "shots"):
+            try:
+                range_arg(getattr(args, name))
+            except Exception as exc:
+                raise ValueError(f"--{name} {getattr(args, name)!r}: {exc}") from None
+        for name in ("queries", "batch_episodes", "steps"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if args.warmup < 0:
