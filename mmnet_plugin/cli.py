@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="test split (default test)")
     ev.add_argument("--ways", type=range_arg, default=5, help="C (default 5)")
     ev.add_argument("--shots", type=range_arg, default=1, help="k (default 1)")
+    ev.add_argument(
+        "--settings",
+        type=settings_arg,
+        default=None,
+        help="several settings in one run, e.g. 5w1s,5w5s,20w1s,20w5s (instead of --ways/--shots): one line each, "
+        "each from the same --seed",
+    )
     ev.add_argument("--episodes", type=positive_int, default=1000, help="test episodes (default 1000)")
     ev.add_argument(
         "--batch-episodes",
@@ -432,15 +439,21 @@ def _evaluate(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
             f"{args.dataset} {args.split} images are {'x'.join(map(str, shape))} but the model of {source} takes "
             f"{'x'.join(map(str, want))}; evaluate it on data of that shape"
         )
-    sampler = EpisodeSampler(
-        test_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed, episodes=args.episodes
-    )
-    result = evaluate(
-        model, sampler, device=device, progress=not args.no_progress, batch_episodes=args.batch_episodes, context=ctx
-    )
-    if not ctx.is_main:
-        return 0
-    print(f"{args.dataset} {args.split} {_fmt(args.ways)}-way {_fmt(args.shots)}-shot: {result.summary()}")
+    settings = args.settings or [(args.ways, args.shots)]
+    for ways, shots in settings:
+        sampler = EpisodeSampler(
+            test_set, ways=ways, shots=shots, queries=args.queries, seed=args.seed, episodes=args.episodes
+        )
+        result = evaluate(
+            model,
+            sampler,
+            device=device,
+            progress=not args.no_progress,
+            batch_episodes=args.batch_episodes,
+            context=ctx,
+        )
+        if ctx.is_main:
+            print(f"{args.dataset} {args.split} {_fmt(ways)}-way {_fmt(shots)}-shot: {result.summary()}", flush=True)
     return 0
 
 

@@ -347,3 +347,15 @@ def test_validation_on_several_settings_is_logged_per_setting(tmp_path):
     assert set(val["settings"]) == {"5w1s", "3w2s"}
     mean = sum(v["accuracy"] for v in val["settings"].values()) / 2
     assert val["val_accuracy"] == pytest.approx(mean)
+
+
+def test_evaluate_several_settings_prints_one_line_each_with_its_fingerprint(tmp_path, capsys):
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", *GLYPHS, "--checkpoint", str(ckpt), "--precision", "float32"]) == 0
+    capsys.readouterr()
+    common = ["evaluate", "--dataset", "glyphs", "--checkpoint", str(ckpt), "--episodes", "3", "--no-progress"]
+    assert main([*common, "--settings", "3w1s,2w2s"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["glyphs test 3-way 1-shot", "glyphs test 2-way 2-shot"]
+    assert main([*common, "--ways", "2", "--shots", "2"]) == 0  # the same episodes as the one-setting run
+    assert capsys.readouterr().out.strip() == lines[1]
