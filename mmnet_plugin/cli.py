@@ -24,6 +24,7 @@ checkpoint and the log. ``--device cuda`` (or ``auto`` on a GPU machine) means o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--checkpoint", default=None, help="checkpoint file, written atomically")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    train.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT|pretrained:NAME",
+        help="start from these model weights (a checkpoint, or shipped weights) with a fresh optimiser, schedule "
+        "and sampler, e.g. to go on from committed weights when the resumable checkpoint is lost; said in the log",
+    )
     train.add_argument(
         "--checkpoint-every",
         type=int,
@@ -310,6 +318,9 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
     }
     sampler = EpisodeSampler(train_set, ways=args.ways, shots=args.shots, queries=args.queries, seed=args.seed)
     model = build_model(model_config, seed=args.seed)
+    init_note = None
+    if args.init_from:
+        init_note = _init_weights(model, args.init_from, args)
     config = TrainConfig(
         steps=args.steps,
         batch_episodes=args.batch_episodes,
@@ -366,6 +377,14 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
             ci = sum(r["ci95"] ** 2 for r in per_setting.values()) ** 0.5 / n  # of the mean of independent sets
             return {"accuracy": mean, "ci95": ci, "settings": per_setting}
 
+    if init_note is not None:
+        resuming = args.resume and args.checkpoint and os.path.exists(args.checkpoint)
+        if resuming:
+            raise ValueError(
+                f"--init-from with --resume: {args.checkpoint} exists and would be resumed instead; "
+                "give a new --checkpoint to start from the weights"
+            )
+        trainer.note(init_note)
     trainer.fit(sampler, validate=validate, resume=args.resume)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     tail = f", last loss {last['loss']:.4f}, train accuracy {100 * last['accuracy']:.1f}%" if last else ""
@@ -391,6 +410,28 @@ def _train(args: argparse.Namespace, device: torch.device, ctx: Any) -> int:
 
 
 _INSIDE = {"trainval": ("train", "val", "trainval")}
+
+
+def _init_weights(model: torch.nn.Module, source: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Load ``--init-from`` weights into ``model`` (same configuration); the log record that says so."""
+    from .models import MMNet
+
+    if source.startswith("pretrained:"):
+        loaded = MMNet.pretrained(source.split(":", 1)[1])
+    else:
+        loaded = MMNet.from_checkpoint(source)
+    if loaded.config != model.config:
+        differ = sorted(k for k in model.config if loaded.config.get(k) != model.config[k])
+        raise ValueError(
+            f"--init-from {source}: its model differs from this run's in {', '.join(differ)}; "
+            "train with the same model options"
+        )
+    model.load_state_dict(loaded.state_dict())
+    return {
+        "step": 0,
+        "init_from": source,
+        "note": "model weights loaded from init_from; optimiser, schedule and sampler start fresh",
+    }
 
 
 def _split_overlap(train_split: str, val_split: str) -> Optional[str]:

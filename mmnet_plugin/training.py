@@ -885,6 +885,11 @@ class Trainer:
         self.history.append(record)
         self._write_log(record)
 
+    def note(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` (plain values) to the JSON-lines log and :attr:`history` (rank 0 writes)."""
+        self.history.append(dict(record))
+        self._write_log(dict(record))
+
     def _write_log(self, record: Dict[str, Any]) -> None:
         if self.config.log_path and self.context.is_main:
             path = Path(self.config.log_path)

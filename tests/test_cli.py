@@ -359,3 +359,19 @@ def test_evaluate_several_settings_prints_one_line_each_with_its_fingerprint(tmp
     assert [line.split(":")[0] for line in lines] == ["glyphs test 3-way 1-shot", "glyphs test 2-way 2-shot"]
     assert main([*common, "--ways", "2", "--shots", "2"]) == 0  # the same episodes as the one-setting run
     assert capsys.readouterr().out.strip() == lines[1]
+
+
+def test_init_from_starts_from_the_weights_with_a_fresh_optimiser_and_says_so(tmp_path, capsys):
+    first = tmp_path / "a.pt"
+    assert main(["train", *GLYPHS, "--checkpoint", str(first), "--precision", "float32"]) == 0
+    log, second = tmp_path / "b.jsonl", tmp_path / "b.pt"
+    args = ["train", *GLYPHS, "--precision", "float32", "--init-from", str(first), "--checkpoint", str(second)]
+    assert main([*args, "--log", str(log)]) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["init_from"] == str(first) and "optimiser" in records[0]["note"]
+    assert main([*args, "--resume"]) == 2  # b.pt exists: it would be resumed, not initialised
+    assert "--init-from with --resume" in capsys.readouterr().err
+    assert (
+        main(["train", *GLYPHS, "--dm", "8", "--init-from", str(first), "--checkpoint", str(tmp_path / "c.pt")]) == 2
+    )
+    assert "differs from this run's in dm" in capsys.readouterr().err
