@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--info", default=None, help="a JSON file of more manifest entries (preprocessing, training, selection, test)"
     )
+    ex.add_argument(
+        "--log",
+        default=None,
+        help="the run's JSON-lines log: its steps, episodes, hours and validations go into the manifest's training",
+    )
     # listed for --help only: main() hands `mmnet bench ...` to the harness before parsing
     sub.add_parser(
         "bench",
@@ -502,7 +507,7 @@ def _export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .pretrained import export_pretrained
+    from .pretrained import export_pretrained, summarise_log
 
     info = None
     if args.info:
@@ -512,6 +517,9 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--info {args.info} is not a readable JSON file ({exc})") from None
         if not isinstance(info, dict):
             raise ValueError(f"--info {args.info} must hold a JSON object of manifest entries")
+    if args.log:
+        info = dict(info or {})
+        info["training"] = {**summarise_log(args.log), **dict(info.get("training") or {})}
     entry = export_pretrained(args.checkpoint, args.name, args.out, info)
     print(f"wrote {Path(args.out) / entry['file']} ({entry['bytes']} bytes, sha256 {entry['sha256']}) and its manifest")
     return 0

@@ -36,6 +36,7 @@ __all__ = [
     "load_pretrained",
     "export_pretrained",
     "omniglot_transform",
+    "summarise_log",
     "InvertToUnit",
     "weights_dir",
     "WEIGHTS_FORMAT",
@@ -186,6 +187,61 @@ def export_pretrained(
     text = json.dumps(entry, indent=2) + "\n"
     atomic_write(folder / f"{name}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return entry
+
+
+def summarise_log(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """What a training log (``mmnet train --log``, over any number of resumed segments) says of the run.
+
+    Returns:
+        ``{"steps", "episodes", "segments", "wall_hours", "precision", "validations": [...]}``:
+        the last step, the training episodes up to it, the number of ``fit`` calls (resumes + 1),
+        the wall-clock hours of training and validation summed over them, the precision of the
+        segments, and every validation record (step, mean accuracy, per-setting accuracies).
+
+    Raises:
+        ValueError: if the file cannot be read or holds no training record.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"--log {path} cannot be read ({exc.strerror or exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise ValueError(f"--log {path}: line {number} is not JSON") from None
+    starts = [r for r in records if r.get("start")]
+    if not starts:
+        raise ValueError(f"--log {path} holds no training start record; give the log of mmnet train")
+    seconds, segment, batch, step, episodes = 0.0, 0.0, 1, 0, 0
+    tally = {0: 0}  # step -> training episodes up to it, so a resume from an earlier checkpoint rolls back
+    for r in records:
+        if r.get("start"):
+            seconds += segment
+            segment = 0.0
+            batch = int(r.get("batch_episodes", 1))
+            step = int(r.get("step", 0))
+            episodes = tally.get(step, step * batch)
+        elif "loss" in r:
+            episodes += (int(r["step"]) - step) * batch
+            step = int(r["step"])
+            tally[step] = episodes
+        if "seconds" in r:
+            segment = max(segment, float(r["seconds"]))
+    seconds += segment
+    return {
+        "steps": step,
+        "episodes": episodes,
+        "segments": len(starts),
+        "wall_hours": round(seconds / 3600.0, 3),
+        "precision": sorted({"bf16 autocast" if s.get("bf16_autocast") else "float32" for s in starts}),
+        "validations": [
+            {"step": r["step"], "accuracy": r["val_accuracy"], "settings": r.get("settings")}
+            for r in records
+            if "val_accuracy" in r
+        ],
+    }
 
 
 def omniglot_transform(image_size: int = 28) -> Callable[[Any], torch.Tensor]:

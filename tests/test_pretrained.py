@@ -142,3 +142,22 @@ def test_shipped_weights_load_and_match_their_manifest():
         for key in ("preprocessing", "training"):
             assert key in info, f"the manifest of {name} has no {key!r}"
         assert os.path.getsize(pretrained.weights_dir() / info["file"]) == info["bytes"]
+
+
+def test_summarise_log_counts_a_resumed_run_once(tmp_path):
+    """Two segments, the second resumed from step 20 after the first had logged 30: 40 steps of 4."""
+    lines = [
+        {"step": 0, "start": True, "batch_episodes": 4, "bf16_autocast": True},
+        {"step": 10, "loss": 1.0, "seconds": 50.0},
+        {"step": 20, "loss": 1.0, "seconds": 100.0},
+        {"step": 20, "val_accuracy": 0.5, "settings": {"5w1s": {"accuracy": 0.5}}},
+        {"step": 30, "loss": 1.0, "seconds": 150.0},
+        {"step": 20, "start": True, "batch_episodes": 4, "bf16_autocast": True},
+        {"step": 40, "loss": 1.0, "seconds": 90.0},
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    info = pretrained.summarise_log(log)
+    assert (info["steps"], info["episodes"], info["segments"]) == (40, 160, 2)
+    assert info["wall_hours"] == pytest.approx(240 / 3600, abs=1e-3)
+    assert info["precision"] == ["bf16 autocast"] and info["validations"][0]["accuracy"] == 0.5
