@@ -376,10 +376,10 @@ def test_outputs_and_gradients_equal_those_of_the_one_step_per_item_write(monkey
     """The two-pass write controller changes the cost of a step, not what the model computes:
     on fixed mixed episodes (float32, training mode) the loss, the similarities and every
     parameter's gradient equal those with the one-step-per-item write to 1e-5."""
-    import mmnet_plugin.models.mmnet as mmnet_module
-
     import importlib.util
     from pathlib import Path
+
+    import mmnet_plugin.models.mmnet as mmnet_module
 
     spec = importlib.util.spec_from_file_location("memory_reference", Path(__file__).with_name("test_memory.py"))
     reference = importlib.util.module_from_spec(spec)
