@@ -195,7 +195,7 @@ def measure_step(
     from mmnet_plugin.training import cpu_bf16_supported
 
     ds = load_dataset(dataset, split="train", data_root=data_root)
-    sampler = EpisodeSampler(ds, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, "step"))
+    sampler = EpisodeSampler(ds, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, "mixed"))
     batch = [ep.to(device) for ep in sampler.sample_batch(batch_episodes)]
     images = torch.cat([e.support_x for e in batch] + [e.query_x for e in batch])
     n_images = int(images.shape[0])
@@ -255,12 +255,16 @@ def measure_step(
     return out
 
 
+def _span(v: Any) -> str:
+    return f"{v[0]}-{v[1]}" if isinstance(v, (list, tuple)) else str(v)
+
+
 def report_step(res: Dict[str, Any]) -> str:
     """The lines ``--step`` prints."""
     dev = res["device"]
     lines = [
         f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads): {res['dataset']}, "
-        f"{res['batch_episodes']} episodes of {res['ways']}-way {res['shots']}-shot with {res['queries']} "
+        f"{res['batch_episodes']} episodes of {_span(res['ways'])}-way {_span(res['shots'])}-shot with {res['queries']} "
         f"queries/class = {res['images']} images a step, median of {res['rounds']} interleaved rounds "
         f"(fingerprint {res['fingerprint'][:16]})"
     ]

@@ -27,8 +27,8 @@ if [ ! -d "$run/code" ]; then
 fi
 cd "$run"
 PYTHONPATH="$run/code" "$python" -m mmnet_plugin train \
-  --dataset omniglot --split train --ways 2-20 --shots 1-5 --queries "${QUERIES:-15}" \
-  --batch-episodes "${BATCH:-16}" --steps 1000000 --lr 1e-3 --lr-schedule plateau --lr-patience 4 \
-  --val-every "${VAL_EVERY:-1000}" --val-settings 5w1s,20w1s --val-episodes 1000 --stop-on-plateau \
-  --seed 0 --checkpoint ckpt.pt --checkpoint-every 200 --log log.jsonl --time-limit "$limit" --resume \
+  --dataset omniglot --split train --ways 2-20 --shots 1-5 --queries "${QUERIES:-5}" \
+  --batch-episodes "${BATCH:-4}" --steps 1000000 --lr 1e-3 --lr-schedule plateau --lr-patience 4 \
+  --val-every "${VAL_EVERY:-2000}" --val-settings 5w1s,20w1s --val-episodes 1000 --stop-on-plateau \
+  --seed 0 --checkpoint ckpt.pt --checkpoint-every 500 --log log.jsonl --time-limit "$limit" --resume \
   --no-progress ${TRAIN_ARGS:-}
