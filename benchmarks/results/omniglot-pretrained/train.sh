@@ -15,13 +15,14 @@ set -euo pipefail
 run="${1:?usage: train.sh RUN_DIR SECONDS}"
 limit="${2:?usage: train.sh RUN_DIR SECONDS}"
 python="${PYTHON:-python}"
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 mkdir -p "$run"
 run="$(cd "$run" && pwd)"
 if [ ! -d "$run/code" ]; then
-  commit="${COMMIT:-$(git -C "$here" rev-parse HEAD)}"
+  commit="${COMMIT:-$(git -C "$repo" rev-parse HEAD)}"
+  rm -rf "$run/code.tmp"
   mkdir -p "$run/code.tmp"
-  git -C "$here" archive "$commit" mmnet_plugin | tar -x -C "$run/code.tmp"
+  git -C "$repo" archive "$commit" mmnet_plugin | tar -x -C "$run/code.tmp"
   mv "$run/code.tmp" "$run/code"
   echo "$commit" > "$run/COMMIT"
 fi
