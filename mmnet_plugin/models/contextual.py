@@ -34,7 +34,8 @@ bias: every number of ``W`` is a function of the memory). In that form the filte
 residual branch that starts switched off (see :class:`~mmnet_plugin.models.MMNet`), so a
 support-dependent ``W`` at step 0 cannot hurt the start of training.
 
-The bi-LSTM runs either on a packed sequence (the CPU; exact per-episode lengths) or, on
+The bi-LSTM runs either on the exact per-episode lengths (the CPU: with a hand-written backward
+pass through time, :mod:`~mmnet_plugin.models.lstm`, equal to ``nn.LSTM`` on a packed sequence) or, on
 other devices, on the padded batch without reading the lengths on the host: the forward
 direction is read at each episode's last slot of the left-aligned keys, the backward
 direction at the first slot of the same keys right-aligned (so it starts at the last used
@@ -50,6 +51,8 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from .lstm import bilstm_final_states
 
 __all__ = ["ContextualLearner", "default_depthwise_init"]
 
@@ -108,6 +111,10 @@ class ContextualLearner(nn.Module):
         self.input_norm = bool(input_norm)
         self.static_bias = bool(static_bias)
         self.sync_free = sync_free
+        #: On the CPU, run the bi-LSTM with :func:`~mmnet_plugin.models.lstm.bilstm_final_states` (the
+        #: same numbers as ``nn.LSTM`` on the packed keys, with the weight gradients formed once
+        #: per direction instead of once per slot); ``False``: ``nn.LSTM`` on a packed sequence.
+        self.fused = True
         self.norm: Optional[nn.LayerNorm] = nn.LayerNorm(self.dm) if self.input_norm else None
         self.lstm = nn.LSTM(self.dm, self.dr, batch_first=True, bidirectional=True)
         self.tp = nn.Linear(self.dr, self.channels * self.kernel_size**2, bias=self.static_bias)
@@ -143,6 +150,8 @@ class ContextualLearner(nn.Module):
         lengths = n_used.detach().to("cpu", torch.long)
         if int(lengths.min()) < 1:
             raise ValueError("n_used must give at least one used slot for every episode")
+        if self.fused:
+            return bilstm_final_states(self.lstm, keys, lengths)
         packed = pack_padded_sequence(keys, lengths, batch_first=True, enforce_sorted=False)
         _, (h_n, _) = self.lstm(packed)  # h_n: [2, B, Dr] in the input's batch order
         return h_n[0] + h_n[1]

@@ -424,3 +424,21 @@ def test_similarity_functions(similarity):
     assert tiny(similarity=similarity).fixed_scale == {"dot": 0.125, "cosine": 10.0, "euclidean": 1.0}[similarity]
     with pytest.raises(ValueError, match="similarity must be one of"):
         tiny(similarity="l1")
+
+
+def test_fused_cpu_lstm_gives_the_packed_lstms_outputs_and_gradients():
+    episodes = [make_episode(w, k, 2, seed) for seed, (w, k) in enumerate([(5, 1), (3, 4), (8, 2)])]
+
+    def run(fused):
+        torch.manual_seed(0)
+        model = MMNet(dm=64, dr=48).train()
+        model.contextual.fused = fused
+        out = model.forward_batch(episodes)
+        out.episode_losses().mean().backward()
+        return out.filters.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    filters, grads = run(True)
+    ref_filters, ref_grads = run(False)
+    torch.testing.assert_close(filters, ref_filters, rtol=1e-5, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
