@@ -67,6 +67,7 @@ __all__ = [
     "cpu_bf16_supported",
     "check_bf16",
     "default_bf16",
+    "adam_optimizer",
     "plateau_reached",
     "check_writable",
 ]
@@ -480,7 +481,7 @@ class Trainer:
 
             # device_ids=None: the episodes are moved to the device here, not by DDP
             self.step_module = DistributedDataParallel(self.step_module, device_ids=None)
-        self.optimizer = _adam(list(self.model.parameters()), config.lr, config.weight_decay)
+        self.optimizer = adam_optimizer(list(self.model.parameters()), config.lr, config.weight_decay)
         self.schedule = config.schedule()
         self.scheduler = _build_scheduler(self.optimizer, self.schedule)
         self.step = 0
@@ -920,7 +921,7 @@ def plateau_reached(validations: Sequence[Dict[str, Any]], start_lr: float) -> b
     return max(v["accuracy"] for v in recent) <= best["accuracy"] + best.get("ci95", 0.0)
 
 
-def _adam(params: List[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+def adam_optimizer(params: List[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam, in its fused form where torch has one for these parameters (the same update, one kernel
     for all tensors: 4 ms instead of 19 for MM-Net's 4.7M parameters on one CPU thread)."""
     try:

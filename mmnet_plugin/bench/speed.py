@@ -182,6 +182,7 @@ def measure_step(
     rounds: int,
     bf16: bool,
     seed: int,
+    profile: bool = False,
 ) -> Dict[str, Any]:
     """Images per second of MM-Net's training step and of bare Conv-4 steps on one batch.
 
@@ -192,7 +193,7 @@ def measure_step(
     """
     from mmnet_plugin.models import MMNet
     from mmnet_plugin.models.backbone import Conv4
-    from mmnet_plugin.training import cpu_bf16_supported
+    from mmnet_plugin.training import adam_optimizer, cpu_bf16_supported
 
     ds = load_dataset(dataset, split="train", data_root=data_root)
     sampler = EpisodeSampler(ds, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, "mixed"))
@@ -204,8 +205,8 @@ def measure_step(
         torch.manual_seed(derive_seed(seed, "init"))
         mmnet = MMNet(in_channels=int(images.shape[1]), image_size=int(images.shape[2])).to(device).train()
         conv4 = Conv4(int(images.shape[1])).to(device).train()
-    opt_m = torch.optim.Adam(mmnet.parameters(), lr=1e-3)
-    opt_c = torch.optim.Adam(conv4.parameters(), lr=1e-3)
+    opt_m = adam_optimizer(list(mmnet.parameters()), 1e-3, 0.0)  # the trainer's Adam, for both
+    opt_c = adam_optimizer(list(conv4.parameters()), 1e-3, 0.0)
 
     def mmnet_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -252,6 +253,105 @@ def measure_step(
         out[name] = {"seconds": sec, "images_per_s": n_images / sec, "rounds": t}
     best = max(out[k]["images_per_s"] for k in forms if k.startswith("conv4"))
     out["ratio"] = out["mmnet"]["images_per_s"] / best
+    if profile:
+        out["parts"] = profile_step(mmnet, batch, bf16, rounds)
+    return out
+
+
+def profile_step(mmnet: Any, batch: List[Any], bf16: bool, rounds: int) -> Dict[str, float]:
+    """Median seconds of each part of one MM-Net training step, timed part by part on ``batch``.
+
+    Each part runs forward and backward on its own inputs as the step gives them (detached from
+    the parts before it): the Conv-4 backbone on all images, the write controller, the read
+    controller with ``Tc``, the contextual learner (bi-LSTM and ``Tp``), the factorized query
+    block, the similarities and Eq. 8; then the Adam step alone and the whole step. ``other`` is
+    the whole step less the parts: glue (padding, splitting, masks) and Python.
+    """
+    from mmnet_plugin.models.memory import read_memory, write_memory
+
+    from mmnet_plugin.training import adam_optimizer
+
+    device = next(mmnet.parameters()).device
+    opt = adam_optimizer(list(mmnet.parameters()), 1e-3, 0.0)
+    images = torch.cat([e.support_x for e in batch] + [e.query_x for e in batch])
+    n_s = sum(int(e.support_y.shape[0]) for e in batch)
+    n_support = [int(e.support_y.shape[0]) for e in batch]
+    n_query = [int(e.query_x.shape[0]) for e in batch]
+    lengths = torch.tensor(n_support, device=device)
+    labels = torch.nn.utils.rnn.pad_sequence([e.support_y for e in batch], batch_first=True, padding_value=-1)
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    with torch.no_grad(), autocast():
+        h = images
+        for block in list(mmnet.backbone.blocks)[:3]:
+            h = block(h)
+        z = mmnet.backbone.blocks[3](h).flatten(1)[:n_s]
+        z_pad = torch.nn.utils.rnn.pad_sequence(list(torch.split(z, n_support)), batch_first=True)
+        zk = mmnet.tz(z_pad)
+        memory = write_memory(zk, labels, lengths)
+    z_pad, zk, keys, hq = z_pad.float(), zk.float(), memory.keys.float(), h[n_s:].float()
+
+    def run(fn: Any) -> None:
+        with autocast():
+            out = fn()
+        out.float().sum().backward()
+
+    def backbone() -> torch.Tensor:
+        x = images
+        for block in mmnet.backbone.blocks:
+            x = block(x)
+        return x
+
+    def contextual() -> torch.Tensor:
+        return mmnet.contextual(keys.requires_grad_(True), memory.n_used)
+
+    def query_block() -> torch.Tensor:
+        with torch.no_grad():
+            filters = mmnet.contextual(keys, memory.n_used)
+        return mmnet.query_block(hq.requires_grad_(True), filters.requires_grad_(True), n_query)
+
+    def adam_step() -> None:
+        for p in mmnet.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        t0 = time.perf_counter()
+        opt.step()
+        adam_seconds.append(time.perf_counter() - t0)
+
+    adam_seconds: List[float] = []
+
+    def full_step() -> None:
+        with autocast():
+            loss = mmnet.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt.step()
+
+    parts = {
+        "backbone (Conv-4, all images)": lambda: run(backbone),
+        "write controller": lambda: run(lambda: write_memory(zk.requires_grad_(True), labels, lengths).keys),
+        "read controller + Tc": lambda: run(lambda: mmnet.tc(read_memory(zk.requires_grad_(True), keys, memory.used))),
+        "contextual learner (bi-LSTM + Tp)": lambda: run(contextual),
+        "factorized query block": lambda: run(query_block),
+        "Adam step": adam_step,
+        "whole step": full_step,
+    }
+    times: Dict[str, List[float]] = {k: [] for k in parts}
+    for fn in parts.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            opt.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    times["Adam step"] = adam_seconds[1:]  # the update alone, not the gradient buffers made for it
+    out = {k: float(np.median(v)) for k, v in times.items()}
+    out["other (glue, similarities, loss, Python)"] = out["whole step"] - sum(
+        v for k, v in out.items() if k != "whole step"
+    )
     return out
 
 
@@ -264,8 +364,8 @@ def report_step(res: Dict[str, Any]) -> str:
     dev = res["device"]
     lines = [
         f"device {dev['type']} ({dev['name']}, {dev['torch_threads']} threads): {res['dataset']}, "
-        f"{res['batch_episodes']} episodes of {_span(res['ways'])}-way {_span(res['shots'])}-shot with {res['queries']} "
-        f"queries/class = {res['images']} images a step, median of {res['rounds']} interleaved rounds "
+        f"{res['batch_episodes']} episodes of {_span(res['ways'])}-way {_span(res['shots'])}-shot with "
+        f"{res['queries']} queries/class = {res['images']} images a step, median of {res['rounds']} interleaved rounds "
         f"(fingerprint {res['fingerprint'][:16]})"
     ]
     for name, label in (
@@ -277,6 +377,11 @@ def report_step(res: Dict[str, Any]) -> str:
             lines.append(f"{label:50s} {res[name]['seconds']:7.3f} s  {res[name]['images_per_s']:8.0f} images/s")
     ok = "met" if res["ratio"] >= 0.8 else "NOT met"
     lines.append(f"target MM-Net >= 0.8x the faster bare Conv-4 step: {res['ratio']:.2f}x -> {ok}")
+    if "parts" in res:
+        whole = res["parts"]["whole step"]
+        lines.append("the MM-Net step part by part (forward + backward of each, median):")
+        for name, sec in res["parts"].items():
+            lines.append(f"  {name:45s} {1000 * sec:8.1f} ms  {100 * sec / whole:5.1f}%")
     return "\n".join(lines)
 
 
@@ -336,7 +441,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="torch CPU threads (default: torch's choice, one per core); timings on a busy machine are "
         "only comparable with 1",
     )
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one MM-Net step")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a torch.profiler table of one MM-Net step (with --step: the step's parts timed one by one)",
+    )
     p.add_argument("--step", action="store_true", help="MM-Net's training step against a bare Conv-4 step (above)")
     p.add_argument("--dataset", default="glyphs", help="--step: data set of the batch (default glyphs)")
     p.add_argument("--data-root", default=None, help="--step: data root (default MMNET_DATA_ROOT)")
@@ -382,6 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args.rounds,
                 bf16,
                 args.seed,
+                profile=args.profile,
             )
             steps.append(res)
             print(report_step(res) + "\n")

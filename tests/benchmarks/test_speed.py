@@ -50,3 +50,20 @@ def test_speed_reports_targets_and_writes_json(tmp_path: Path, capsys: pytest.Ca
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert res["device"]["cpu_allocator"].startswith("glibc" if glibc else "default")
     assert f"allocator {res['device']['cpu_allocator']}" in printed
+
+
+def test_step_mode_compares_with_bare_conv4_and_times_the_parts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "step.json"
+    args = ["--step", "--profile", "--device", "cpu", "--rounds", "1", "--batch-episodes", "2", "--queries", "2"]
+    assert (
+        speed.main([*args, "--step-ways", "2-4", "--threads", "1", "--precision", "float32", "--json", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "target MM-Net >= 0.8x the faster bare Conv-4 step" in text and "contextual learner" in text
+    res = json.loads(out.read_text())["step"][0]
+    assert res["mmnet_precision"] == "float32" and res["ways"] == [2, 4]
+    best = max(res[k]["images_per_s"] for k in ("conv4_float32", "conv4_bf16") if k in res)
+    assert res["ratio"] == pytest.approx(res["mmnet"]["images_per_s"] / best)
+    parts = res["parts"]
+    assert set(parts) >= {"backbone (Conv-4, all images)", "write controller", "Adam step", "whole step"}
+    assert sum(v for k, v in parts.items() if k != "whole step") == pytest.approx(parts["whole step"])
