@@ -12,6 +12,7 @@ if __package__ in (None, ""):  # run as a script: this checkout's package comes 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmnet_plugin.bench.cli import main  # noqa: E402
+from mmnet_plugin.distributed import exit_process  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(prog="benchmarks/run.py"))
+    exit_process(main(prog="benchmarks/run.py"))

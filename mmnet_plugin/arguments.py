@@ -51,6 +51,36 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+#: The seeds every sampler accepts: numpy's generators take any non-negative integer, but
+#: the harness hashes seeds as signed 64-bit numbers, so larger ones would alias smaller ones.
+SEED_MAX = 2**63 - 1
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed in ``0 .. 2**63-1``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:30] + "..."
+        raise argparse.ArgumentTypeError(f"a seed must be between 0 and 2**63-1 = {SEED_MAX}, got {shown}")
+    return value
+
+
+def dist_timeout_arg(text: str) -> float:
+    """argparse type: seconds to wait for torchrun peers, a finite number above 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text[:40]!r}")
+    return value
+
+
 def range_arg(text: str) -> IntOrRange:
     """argparse type: ``5`` or an inclusive range ``2-20``."""
     try:
@@ -130,7 +160,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_queries: int = 15) -> argparse.ArgumentParser:
-    """Add ``--dataset --data-root --queries --seed --device`` to ``parser``."""
+    """Add ``--dataset --data-root --queries --seed --device --dist-timeout`` to ``parser``."""
     parser.add_argument(
         "--dataset", choices=DATASETS, default="glyphs", help="data set (default: glyphs, embedded, needs no files)"
     )
@@ -143,6 +173,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_queries: int =
         default=default_queries,
         help=f"query images per class (default {default_queries})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every sampler (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every sampler, 0 to 2**63-1 (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--dist-timeout",
+        type=dist_timeout_arg,
+        default=60.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for a missing or silent peer before it stops "
+        "with an error (default 60)",
+    )
     return parser

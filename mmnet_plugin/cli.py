@@ -148,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after the step that passes this many seconds, writing the checkpoint; "
         "rerun with --resume to go on (default 0: no limit)",
     )
-    train.add_argument("--log", default=None, help="JSON-lines training log")
+    train.add_argument(
+        "--log-file",
+        "--log",
+        dest="log",
+        default=None,
+        help="JSON-lines training log (under torchrun write --log-file: torchrun takes --log for its --log-dir)",
+    )
     train.add_argument(
         "--precision",
         choices=("auto", "bf16", "float32"),
@@ -282,7 +288,7 @@ def _run(body: Callable[[argparse.Namespace, torch.device, Any], int], args: arg
     """``body(args, device, context)`` inside torchrun's process group (or in one process)."""
     from .distributed import distributed_session
 
-    with distributed_session(resolve_device(args.device)) as (ctx, device):
+    with distributed_session(resolve_device(args.device), timeout=args.dist_timeout) as (ctx, device):
         return body(args, device, ctx)
 
 
@@ -558,6 +564,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, DataNotFoundError, CheckpointError, FloatingPointError) as exc:
         print(f"mmnet{_rank_tag()}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .distributed import describe_dist_failure
+
+        line = describe_dist_failure(exc)
+        if line is None:
+            raise
+        print(f"mmnet{_rank_tag()}: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mmnet: interrupted; the last checkpoint is intact (rerun with --resume)", file=sys.stderr)
         return 130

@@ -247,9 +247,29 @@ def _as_image_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+def integer_labels(values: Any, name: str) -> np.ndarray:
+    """``values`` as a numpy array of integer labels, or a one-line ``ValueError`` for labels
+    that are not numbers (class names as strings, objects): they must be mapped to integers.
+
+    Float and bool arrays pass through (the caller checks that floats are whole numbers).
+    """
+    try:
+        arr = np.asarray(values)
+    except Exception as exc:  # ragged lists and other shapes numpy refuses
+        raise ValueError(f"{name} must be a 1-D sequence of integer labels ({type(exc).__name__})") from None
+    if arr.dtype.kind not in "iubf":
+        example = repr(arr.reshape(-1)[0].item() if arr.size else None)[:40]
+        raise ValueError(
+            f"{name} must be integer labels; got {arr.dtype.kind == 'U' and 'strings' or arr.dtype} "
+            f"(e.g. {example}): map class names to integers first, "
+            "e.g. np.unique(names, return_inverse=True)[1]"
+        )
+    return arr
+
+
 def _as_label_tensor(y: Any, name: str) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(np.asarray(y))
+        y = torch.as_tensor(integer_labels(y, name))
     if y.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor of labels; got shape {tuple(y.shape)}")
     if torch.is_floating_point(y) or y.dtype == torch.bool:
@@ -387,7 +407,7 @@ class EpisodeSampler:
         self.drawn = 0
         self.fingerprint = _EMPTY_FINGERPRINT
 
-        targets = np.asarray(dataset.targets, dtype=np.int64)
+        targets = integer_labels(dataset.targets, "dataset.targets").astype(np.int64)
         if targets.ndim != 1 or targets.size == 0:
             raise ValueError("dataset.targets must be a non-empty 1-D sequence of class ids")
         order = np.argsort(targets, kind="stable")

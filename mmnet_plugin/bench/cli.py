@@ -168,9 +168,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.tensorboard:
+        from mmnet_plugin.arguments import format_setting
+
+        from .tensorboard import check_run_folders
+
         problem = check_output(Path(args.tensorboard))
         if problem:
             print(f"error: {problem.replace('--output', '--tensorboard', 1)}", file=sys.stderr)
+            return 2
+        problem = check_run_folders(
+            Path(args.tensorboard), [format_setting(w, k) for w, k in opts["settings"]], list(args.methods)
+        )
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
     record_extra: Dict[str, Any] = {
         "options": jsonable_options(args),
@@ -183,7 +193,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
 
     with contextlib.ExitStack() as stack:
         try:
-            ctx, device = stack.enter_context(distributed_session(device))
+            ctx, device = stack.enter_context(distributed_session(device, timeout=args.dist_timeout))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -42,6 +42,41 @@ __all__ = [
 PACKAGED_DIR = Path(__file__).resolve().parent / "configs"
 _SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
+#: a config file is a few dozen options: larger files, or values that expand (YAML aliases
+#: nested in aliases) to more than this many items, are refused before anything else
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_ITEMS = 10_000
+#: the options whose value is a comma-separated list (a list in a file is joined with commas)
+LIST_OPTIONS = frozenset({"settings", "methods", "recipe"})
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (bounded however large the value)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 8, 8, 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _too_many_items(value: Any, limit: int) -> bool:
+    """Whether ``value`` expands to more than ``limit`` items (shared sub-objects counted at
+    every use, as printing or joining them would); stops counting at the limit."""
+    count = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
 
 class ConfigError(ValueError):
     """A config file is missing, unreadable, or names an unknown option or a wrong value."""
@@ -152,7 +187,14 @@ def read_config(spec: str) -> ConfigFile:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path}: {len(data):,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
     values = _parse_text(path, data)
+    if _too_many_items(values, MAX_CONFIG_ITEMS):
+        raise ConfigError(
+            f"config {path}: its values expand to more than {MAX_CONFIG_ITEMS:,} items "
+            "(nested YAML aliases?); a config is a flat mapping of options"
+        )
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -172,14 +214,16 @@ def _options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     return out
 
 
-def _text(value: Any) -> Optional[str]:
-    """A scalar or a flat list as the command line would give it; ``None``: not expressible."""
+def _text(value: Any, list_ok: bool = True) -> Optional[str]:
+    """A scalar or a flat list as the command line would give it; ``None``: not expressible
+    (a list, too, unless ``list_ok``)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float, str)):
         return str(value)
     if (
-        isinstance(value, (list, tuple))
+        list_ok
+        and isinstance(value, (list, tuple))
         and value
         and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)
     ):
@@ -213,34 +257,47 @@ def config_tokens(
         if action is None or name in refused:
             known = ", ".join(sorted(k for k in actions if k not in refused))
             raise ConfigError(
-                f"{where}: unknown key {key!r} (not an option of the harness; keys are the long option names: {known})"
+                f"{where}: unknown key {_cut(key, 60)} (not an option of the harness; keys are the long option "
+                f"names: {known})"
             )
         flag = "--" + name.replace("_", "-")
         if action.nargs == 0:  # store_true / store_false
             if not isinstance(value, bool):
-                raise ConfigError(f"{where}: key {key!r} is a flag: give true or false, not {value!r}")
+                raise ConfigError(f"{where}: key {key!r} is a flag: give true or false, not {_cut(value)}")
             if value != action.default:
                 tokens.append(flag)
             continue
-        text = _text(value)
+        list_ok = name in LIST_OPTIONS
+        text = _text(value, list_ok)
         if text is None:
+            wanted = "a number, a string or a list of them" if list_ok else "one number or string"
+            raise ConfigError(f"{where}: key {key!r}: expected {wanted}, got {type(value).__name__} {_cut(value)}")
+        if text.startswith("-") and not _is_number(text):
             raise ConfigError(
-                f"{where}: key {key!r}: expected a number, a string or a list of them, "
-                f"got {type(value).__name__} {value!r}"
+                f"{where}: key {key!r}: the value {_cut(text)} looks like an option, not a value; "
+                "give options as keys of their own"
             )
         if action.type is not None:
             try:
                 converted = action.type(text)
             except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-                raise ConfigError(f"{where}: key {key!r}: {exc}") from None
+                raise ConfigError(f"{where}: key {key!r}: {' '.join(str(exc).split())[:200]}") from None
         else:
             converted = text
         if action.choices is not None and converted not in action.choices:
             raise ConfigError(
-                f"{where}: key {key!r}: {converted!r} is not one of {', '.join(map(str, action.choices))}"
+                f"{where}: key {key!r}: {_cut(converted)} is not one of {', '.join(map(str, action.choices))}"
             )
         tokens += [flag, text]
     return tokens
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def split_config_option(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:

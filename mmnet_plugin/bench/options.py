@@ -88,6 +88,20 @@ def _methods_arg(text: str) -> List[str]:
     return list(dict.fromkeys(names))
 
 
+#: The most validation points a run takes (each scores the val episodes once).
+MAX_VAL_POINTS = 10_000
+
+
+def _val_points(text: str) -> int:
+    value = non_negative_int(text)
+    if value > MAX_VAL_POINTS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_VAL_POINTS:,} validation points (each scores the val episodes), got {value:,}; "
+            "use --val-every N to validate every N steps"
+        )
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number above 0."""
     try:
@@ -164,7 +178,7 @@ def build_parser(prog: str = "mmnet bench") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--val-points",
-        type=non_negative_int,
+        type=_val_points,
         default=None,
         help=f"validate on the val split at this many evenly spaced points of the budget and test the "
         f"best-on-val weights (default {VAL_POINTS} on real data, 0 on glyphs and with --paper)",

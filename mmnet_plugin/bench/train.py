@@ -154,9 +154,23 @@ def _train(
                     estimate = min(estimate, cap)
                 m.batch_override = rule_batch(recipe_batch, estimate, run["min_steps"])
                 rule.update(
-                    probe_seconds_per_episode=per_episode, episode_budget=estimate, probe_steps="2 steps of 1 episode"
+                    probe_seconds_per_episode=per_episode,
+                    episode_budget=estimate,
+                    probe_steps="2 steps of 1 episode, then every step times its own batch",
+                    batches=[[steps, int(m.batch_override)]],
                 )
+                fit = _one_episode_steps_fit(budget_s, train_time, per_episode, steps, run["min_steps"])
+                if fit is not None:
+                    rule["unmet_warning"] = fit
+                    print(f"warning: {job.cls.name} {job.setting}: {fit}", file=sys.stderr)
                 probing = False
+            elif rule.get("batches") is not None and budget_s is not None and n > 0:
+                # the batch that is trained is the one timed: shrink it when the seconds left
+                # at this step's pace would not reach --min-steps
+                b = _controlled_batch(n, (sw.seconds + draw) / n, budget_s - train_time, run["min_steps"] - steps)
+                if b != int(m.episodes_per_step):
+                    m.batch_override = b
+                    rule["batches"].append([steps, b])
             done = (cap is not None and sampler.drawn >= cap) or (budget_s is not None and train_time >= budget_s)
             if v["enabled"] and not done:
                 if v["every_steps"] and steps % v["every_steps"] == 0:
@@ -164,8 +178,9 @@ def _train(
                 elif v["points"]:
                     if progress_fraction() >= next_point / v["points"]:
                         validate_now()
-                        while next_point / v["points"] <= progress_fraction():
-                            next_point += 1
+                        # the next point past the progress made, computed (not counted up to:
+                        # --val-points 10**12 would count for ever)
+                        next_point = max(next_point + 1, int(progress_fraction() * v["points"]) + 1)
             if done:
                 stop_reason = "episodes" if (cap is not None and sampler.drawn >= cap) else "seconds"
                 break
@@ -182,6 +197,9 @@ def _train(
     selected = None
     if best is not None and best_state is not None and best["step"] != steps:
         selected = best_state
+    if rule.get("batches") is not None:
+        rule["steps"] = steps
+        rule["met"] = steps >= int(run["min_steps"]) or stop_reason == "episodes"
     stats = {
         "train_episodes": sampler.drawn,
         "train_steps": steps,
@@ -209,6 +227,32 @@ def _train(
 
 
 _POW2 = frozenset(1 << i for i in range(40))
+
+
+def _controlled_batch(batch: int, per_episode: float, seconds_left: float, steps_needed: int) -> int:
+    """The batch for the next step: ``batch``, or smaller when ``steps_needed`` more steps of
+    ``batch`` episodes at ``per_episode`` seconds each would overrun ``seconds_left``.
+    Never grows (the recipe's batch, shrunk by the rule, is the most a step takes)."""
+    if steps_needed <= 0 or per_episode <= 0:
+        return batch
+    fits = int(max(seconds_left, 0.0) // (steps_needed * per_episode))
+    return max(1, min(batch, fits))
+
+
+def _one_episode_steps_fit(
+    budget_s: float, spent: float, per_episode: float, steps: int, min_steps: int
+) -> Optional[str]:
+    """``None`` when ``min_steps`` steps of one episode fit in the budget, else the warning."""
+    if not min_steps or steps >= min_steps or per_episode <= 0:
+        return None
+    reachable = steps + int(max(budget_s - spent, 0.0) // per_episode)
+    if reachable >= min_steps:
+        return None
+    return (
+        f"even 1-episode steps ({per_episode:.3g} s each) give only about {reachable} steps in "
+        f"--budget-seconds {budget_s:g}, fewer than --min-steps {min_steps}; training anyway, and the "
+        "record says so (raise --budget-seconds or lower --min-steps)"
+    )
 
 
 def run_job(

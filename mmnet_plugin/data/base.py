@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..episodes import integer_labels
+
 __all__ = [
     "FewShotDataset",
     "TensorFewShotDataset",
@@ -83,7 +85,7 @@ class TensorFewShotDataset(FewShotDataset):
         if images.dim() != 4:
             raise ValueError(f"images must be [n, C, H, W]; got shape {tuple(images.shape)}")
         self.images = images
-        self.targets = np.asarray(targets, dtype=np.int64)
+        self.targets = integer_labels(targets, "targets").astype(np.int64)
         if len(self.targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(self.targets)} targets")
         n_cls = int(self.targets.max()) + 1 if len(self.targets) else 0
@@ -97,7 +99,7 @@ class TensorFewShotDataset(FewShotDataset):
 class _WrappedSource(FewShotDataset):
     def __init__(self, dataset: Any, targets: Sequence[int]):
         self.dataset = dataset
-        self.targets = np.asarray(targets, dtype=np.int64)
+        self.targets = integer_labels(targets, "targets").astype(np.int64)
         self.class_names = [str(c) for c in sorted(set(self.targets.tolist()))]
 
     def load(self, indices: np.ndarray) -> torch.Tensor:

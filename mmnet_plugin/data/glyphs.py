@@ -36,7 +36,23 @@ Rendering integrates the Gaussian pen along each stroke (points sampled along th
 about every 1.4 pen sigmas, each weighted by its arc-length share). The 2-D Gaussian is
 separable, so an image is one small matrix product ``G_y^T diag(w) G_x`` -- anti-aliased,
 vectorised over many images at once, no per-pixel Python. Ink is
-``min(1, 1.6 * density / (sigma sqrt(2 pi)))``: 1.0 on the stroke, 0.0 on the background.
+``min(1, 1.6 * density / (sigma sqrt(2 pi)))``: 1.0 on the stroke, 0.0 on the background,
+stored as uint8 (``round(255 * ink)``).
+
+Machine independence
+--------------------
+The bytes of every image are the same on every CPU, with any thread count and batch size
+(a test pins their SHA-256). The first renderer was not: its float32 matrix product went
+through OpenBLAS, whose kernel (chosen per CPU) sums in its own order -- forcing another
+kernel with ``OPENBLAS_CORETYPE`` changed 16% of the float values of 4,000 images by up to
+3e-7 -- and numpy's exp/log/sin/cos have CPU-specific SIMD implementations (AVX2, AVX-512)
+that differ by an ulp; after rounding to uint8 a few pixels of the 60,000 train images
+flipped, and the bare command's pixel fingerprint differed between an AMD and an Intel
+AVX-512 CPU. Now every float operation is an IEEE-754 basic operation (+ - * / sqrt,
+correctly rounded everywhere) or an exact one (frexp, ldexp, rint); exp, log and sin/cos
+are polynomials written with those; and the pen's matrix product is summed exactly in
+int64 from 15-bit fixed-point factors. Images are the same shapes as before, but not the
+same bytes: the pixel fingerprints changed once, with this renderer.
 
 Measured (numpy 1.26, torch 2, a 2-core CPU shared with other jobs)
 -------------------------------------------------------------------
@@ -48,8 +64,9 @@ Measured (numpy 1.26, torch 2, a 2-core CPU shared with other jobs)
 * The class identity is learnable: a Conv-4 Prototypical Network trained on ``train`` for
   only 44 episodes of 20-way 1-shot (4 minutes of that loaded CPU) already scores 86.9% on
   200 of the same 5-way 1-shot test episodes.
-* Generation: 20,000 images (the 1000 test classes x 20) in 1.4 s of CPU time, one thread
-  (about 14,000 images/s); the same command reports the figures. Images are cached per
+* Generation: 20,000 images (the 1000 test classes x 20) in about 4 s of CPU time, one
+  thread, with the exact renderer (1.4 s with the earlier float32 BLAS one); the same
+  command reports the figures. Images are cached per
   class as uint8 on first access, so repeated draws cost only a copy.
 """
 
@@ -149,9 +166,83 @@ def _uniforms(tag: int, seed: int, classes: np.ndarray, images: np.ndarray, coun
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
 
 
+# ====================================================================== portable math
+# Every float operation of the renderer is an IEEE-754 basic operation (+ - * / sqrt, which
+# are correctly rounded on every CPU and in every SIMD kernel), a comparison, or an exact
+# operation (frexp, ldexp, rint, floor). numpy's exp/log/sin/cos are *not* used: their
+# results depend on the CPU's SIMD dispatch (AVX2, AVX-512, ...) and on the numpy/libm
+# version, and one ulp there moves a pixel across a rounding edge. Nor is any float matrix
+# product (BLAS kernels sum in kernel-dependent order): the pen is integrated in int64.
+_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_TWO_PI = 6.28318530717958647692
+_SQRT_HALF = 0.70710678118654752440
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """``e**x`` from basic operations only (relative error ~1e-16; 0 below -700)."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = np.clip(x, -700.0, 700.0)
+    k = np.rint(xc * _INV_LN2)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO  # |r| <= 0.35
+    p = np.full_like(r, 1.0 / 6227020800.0)  # Taylor to r**13 / 13!
+    for n in range(12, 0, -1):
+        p = p * r + 1.0 / math.factorial(n)
+    p = p * r + 1.0
+    out = np.ldexp(p, k.astype(np.int64))
+    return np.where(x < -700.0, 0.0, out)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive ``x`` from basic operations only (frexp is exact)."""
+    m, e = np.frexp(np.asarray(x, dtype=np.float64))  # m in [0.5, 1)
+    low = m < _SQRT_HALF
+    m = np.where(low, m * 2.0, m)  # m in [0.707, 1.414)
+    e = (e - low).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)  # |s| <= 0.172; log m = 2 atanh s
+    s2 = s * s
+    p = np.full_like(s, 1.0 / 23.0)
+    for n in range(21, 0, -2):
+        p = p * s2 + 1.0 / n
+    return e * _LN2_HI + (e * _LN2_LO + 2.0 * s * p)
+
+
+def _sincos_turns(t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(sin, cos)`` of ``2 pi t`` (``t`` in turns), from basic operations only."""
+    t = np.asarray(t, dtype=np.float64)
+    q = np.rint(t * 4.0)  # quarter turns; t * 4 and t - q / 4 are exact for |t| < 2**50
+    r = (t - q * 0.25) * _TWO_PI  # |r| <= pi / 4
+    r2 = r * r
+    sp = np.full_like(r, -1.0 / 1307674368000.0)  # sin: r - r**3/3! + ... - r**15/15!
+    cp = np.full_like(r, 1.0 / 20922789888000.0)  # cos: 1 - r**2/2! + ... + r**16/16!
+    for n in range(13, 0, -2):
+        sp = sp * r2 + (-1.0) ** ((n - 1) // 2) / math.factorial(n)
+    for n in range(14, -1, -2):
+        cp = cp * r2 + (-1.0) ** (n // 2) / math.factorial(n)
+    sin_r = sp * r
+    quadrant = np.mod(q, 4.0)
+    sin = np.where(quadrant == 0, sin_r, np.where(quadrant == 1, cp, np.where(quadrant == 2, -sin_r, -cp)))
+    cos = np.where(quadrant == 0, cp, np.where(quadrant == 1, -sin_r, np.where(quadrant == 2, -cp, sin_r)))
+    return sin, cos
+
+
 def _normals(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     """Box-Muller: standard normals from two arrays of uniforms in ``(0, 1)``."""
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return np.sqrt(-2.0 * _log(u1)) * _sincos_turns(u2)[1]
+
+
+def _hypot2(d: np.ndarray) -> np.ndarray:
+    """Euclidean length over a last axis of 2, as one fixed sequence of basic operations."""
+    return np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1])
+
+
+def _lincomb(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``weights @ values`` summed term by term in index order (no BLAS, no einsum)."""
+    out = weights[..., 0, None] * values[..., None, 0, :]
+    for k in range(1, weights.shape[-1]):
+        out = out + weights[..., k, None] * values[..., None, k, :]
+    return out
 
 
 # ====================================================================== class templates
@@ -235,9 +326,9 @@ def _make_template(u: Sequence[float]) -> _Template:
         points[n_pts] = (x, y)
         for i in range(1, k):
             step = _STEP[0] + (_STEP[1] - _STEP[0]) * v[3 + 2 * i]
-            angle = 2.0 * math.pi * v[4 + 2 * i]
-            x = min(1.0, max(0.0, x + step * math.cos(angle)))
-            y = min(1.0, max(0.0, y + step * math.sin(angle)))
+            sin, cos = _sincos_turns(v[4 + 2 * i])
+            x = min(1.0, max(0.0, x + step * float(cos)))
+            y = min(1.0, max(0.0, y + step * float(sin)))
             points[n_pts + i] = (x, y)
         stroke_of_point[n_pts : n_pts + k] = s
         local = _LOCAL_CUBIC[kind]
@@ -247,7 +338,8 @@ def _make_template(u: Sequence[float]) -> _Template:
         n_pts += k
         n_pieces += pieces
     # centre the drawn curve (not the control polygon); scale its larger side to the extent
-    curve = np.einsum("nk,pkd->pnd", _BERNSTEIN_24, (to_cubic @ points).reshape(-1, 4, 2)[piece_valid])
+    cubic = _lincomb(to_cubic, points).reshape(-1, 4, 2)[piece_valid]  # [pieces, 4, 2]
+    curve = _lincomb(_BERNSTEIN_24[None], cubic)  # [pieces, 24, 2]
     lo, hi = curve.reshape(-1, 2).min(axis=0), curve.reshape(-1, 2).max(axis=0)
     size = float(max(hi[0] - lo[0], hi[1] - lo[1], 1e-3))
     points[:n_pts] = (points[:n_pts] - (lo + hi) / 2.0) * (_GLYPH_EXTENT / size) + 0.5
@@ -284,7 +376,7 @@ def _render(
     images: np.ndarray,
     size: int,
 ) -> np.ndarray:
-    """Render rows ``(templates[slot[i]], images[i])``; float32 ``[B, size, size]``."""
+    """Render rows ``(templates[slot[i]], images[i])``; uint8 ``[B, size, size]``."""
     b = len(slot)
     pts0 = np.stack([t.points for t in templates])[slot]  # [B, P, 2]
     stroke_of = np.stack([t.stroke_of_point for t in templates])[slot]  # [B, P]
@@ -301,39 +393,43 @@ def _render(
         + _normals(pu[..., 0::2], pu[..., 1::2]) * _CTRL_NOISE
         + np.take_along_axis(stroke_shift, stroke_of[..., None], axis=1)
     )
-    ctrl = np.matmul(to_cubic, pts)  # [B, 4Q, 2]
+    ctrl = _lincomb(to_cubic, pts)  # [B, 4Q, 2]
 
     # --- affine jitter about the centre
     g = _normals(u[:, 0:6], u[:, 6:12])
-    rot = np.deg2rad(np.clip(g[:, 0] * _ROT_SD_DEG, -_ROT_MAX_DEG, _ROT_MAX_DEG))
-    scale = np.exp(g[:, 1] * _SCALE_SD)
-    aspect = np.exp(g[:, 2] * _ASPECT_SD)
+    rot_turns = np.clip(g[:, 0] * _ROT_SD_DEG, -_ROT_MAX_DEG, _ROT_MAX_DEG) / 360.0
+    scale = _exp(g[:, 1] * _SCALE_SD)
+    aspect = _exp(g[:, 2] * _ASPECT_SD)
     shear = g[:, 3] * _SHEAR_SD
     shift = np.clip(g[:, 4:6] * _SHIFT_SD, -_SHIFT_MAX, _SHIFT_MAX)
-    cos, sin = np.cos(rot), np.sin(rot)
+    sin, cos = _sincos_turns(rot_turns)
     sx, sy = scale * aspect, scale / aspect
     a = np.empty((b, 2, 2))  # rotation @ [[sx, shear * sx], [0, sy]]
     a[:, 0, 0] = cos * sx
     a[:, 0, 1] = cos * shear * sx - sin * sy
     a[:, 1, 0] = sin * sx
     a[:, 1, 1] = sin * shear * sx + cos * sy
-    ctrl = np.matmul(ctrl - 0.5, a.transpose(0, 2, 1)) + (0.5 + shift[:, None, :])
+    cx, cy = ctrl[..., 0] - 0.5, ctrl[..., 1] - 0.5
+    ctrl = np.stack(
+        [a[:, 0, 0, None] * cx + a[:, 0, 1, None] * cy, a[:, 1, 0, None] * cx + a[:, 1, 1, None] * cy], axis=-1
+    ) + (0.5 + shift[:, None, :])
     ctrl = ctrl * size - 0.5  # pixel-index coordinates: the centre of pixel i is at i
     sigma = (_PEN_SIGMA_28[0] + (_PEN_SIGMA_28[1] - _PEN_SIGMA_28[0]) * u[:, 12]) * (size / 28.0)
 
     # --- arc-length sampling of every piece (ragged, vectorised)
     cubic = ctrl.reshape(b * _MAX_PIECES, 4, 2)
     d = np.diff(cubic, axis=1)
-    poly_len = np.sqrt((d * d).sum(axis=2)).sum(axis=1)  # control polygon >= arc length
+    seg_len = _hypot2(d)
+    poly_len = seg_len[:, 0] + seg_len[:, 1] + seg_len[:, 2]  # control polygon >= arc length
     spacing = np.repeat(_SAMPLE_SPACING * sigma, _MAX_PIECES)
     counts = np.where(valid, np.maximum(2, np.ceil(poly_len / spacing).astype(np.int64) + 1), 0)
     piece_of = np.repeat(np.arange(b * _MAX_PIECES), counts)
     starts = np.cumsum(counts) - counts
     local = np.arange(len(piece_of)) - starts[piece_of]
     basis = _bernstein(local / (counts[piece_of] - 1))
-    samples = np.einsum("nk,nkd->nd", basis, cubic[piece_of])  # [T, 2]
+    samples = _lincomb(basis[:, None, :], cubic[piece_of])[:, 0]  # [T, 2]
     d = np.diff(samples, axis=0)
-    seg = np.sqrt((d * d).sum(axis=1)) * (piece_of[1:] == piece_of[:-1])
+    seg = _hypot2(d) * (piece_of[1:] == piece_of[:-1])
     weight = np.zeros(len(samples))
     weight[:-1] += 0.5 * seg
     weight[1:] += 0.5 * seg
@@ -348,7 +444,7 @@ def _render(
     order = np.argsort(padded, kind="stable")
     run_starts = np.flatnonzero(np.diff(padded[order], prepend=-1))
     run_ends = np.append(run_starts[1:], b)
-    out = np.empty((b, size, size), dtype=np.float32)
+    out = np.empty((b, size, size), dtype=np.uint8)
     for run_lo, run_hi in zip(run_starts.tolist(), run_ends.tolist()):
         for lo in range(run_lo, run_hi, _SPLAT_GROUP):
             group = order[lo : min(lo + _SPLAT_GROUP, run_hi)]
@@ -371,15 +467,24 @@ def _splat_group(
     row = np.repeat(np.arange(len(cnt)), cnt)
     col = np.arange(len(row)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
     src = first[row] + col
-    xy = np.full((2, len(cnt), n_max), -1e4, dtype=np.float32)
-    ws = np.zeros((len(cnt), n_max), dtype=np.float32)
+    xy = np.full((2, len(cnt), n_max), -1e4, dtype=np.float64)
+    ws = np.zeros((len(cnt), n_max), dtype=np.float64)
     xy[:, row, col] = samples[src].T
     ws[row, col] = weight[src]
     return _splat(xy, ws, sigma, size)
 
 
+_FIX_BITS = 15  # fixed-point fraction bits of each pen factor; their products carry 30
+
+
 def _splat(xy: np.ndarray, ws: np.ndarray, sigma: np.ndarray, size: int) -> np.ndarray:
-    """Ink of a Gaussian pen of ``sigma`` pixels drawn through weighted points.
+    """Ink of a Gaussian pen of ``sigma`` pixels drawn through weighted points, as uint8.
+
+    The separable pen factors ``G_x`` and ``diag(w) G_y * gain / (sigma sqrt(2 pi))`` are
+    computed in float64 from basic operations, rounded to 15-bit fixed point, and their
+    product ``G_y^T G_x`` is summed in int64: exact, so its value cannot depend on the
+    summation order, the BLAS kernel or the number of threads. Ink is
+    ``min(255, round(255 * density))``.
 
     Args:
         xy: ``[2, B, N]`` point coordinates in pixel-index units (x, then y).
@@ -388,18 +493,21 @@ def _splat(xy: np.ndarray, ws: np.ndarray, sigma: np.ndarray, size: int) -> np.n
         size: image side.
 
     Returns:
-        float32 ``[B, size, size]`` ink in ``[0, 1]``.
+        uint8 ``[B, size, size]``, 255 on the stroke, 0 on the background.
     """
-    grid = np.arange(size, dtype=np.float32)
+    grid = np.arange(size, dtype=np.float64)
     g = grid - xy[..., None]  # [2, B, N, S]
-    np.square(g, out=g)
-    g *= (-0.5 / sigma**2).astype(np.float32)[None, :, None, None]
-    np.exp(g, out=g)
-    g[1] *= ws[:, :, None]
-    # density = G_y^T diag(w) G_x / (sigma sqrt(2 pi))
-    density = np.matmul(g[1].transpose(0, 2, 1), g[0])  # [B, rows, cols]
-    density *= (_INK_GAIN / (sigma * math.sqrt(2.0 * math.pi))).astype(np.float32)[:, None, None]
-    return np.minimum(density, 1.0, out=density)
+    g = g * g
+    g = g * (-0.5 / (sigma * sigma))[None, :, None, None]
+    g = _exp(g)
+    gain = _INK_GAIN / (sigma * math.sqrt(2.0 * math.pi))  # sqrt of a constant: one basic op
+    gy = g[1] * (ws * gain[:, None])[:, :, None]
+    one = float(1 << _FIX_BITS)
+    qx = np.rint(g[0] * one).astype(np.int64)  # [B, N, cols]
+    qy = np.rint(gy * one).astype(np.int64)  # [B, N, rows]
+    acc = np.matmul(qy.transpose(0, 2, 1), qx)  # int64 [B, rows, cols]: exact, no BLAS
+    half = 1 << (2 * _FIX_BITS - 1)
+    return np.minimum((acc * 255 + half) >> (2 * _FIX_BITS), 255).astype(np.uint8)
 
 
 def render_glyph_images(
@@ -418,8 +526,10 @@ def render_glyph_images(
         image_size: side of the square images in pixels.
 
     Returns:
-        float32 ``[n, image_size, image_size]``, ink 1.0 on background 0.0. Image ``i``
-        depends only on ``(seed, global_classes[i], images[i], image_size)``.
+        float32 ``[n, image_size, image_size]``, ink 1.0 on background 0.0, in steps of
+        1/255 (the stored uint8 form divided by 255). Image ``i`` depends only on
+        ``(seed, global_classes[i], images[i], image_size)``, and its bytes are the same on
+        every CPU, with any number of threads (see ``_splat``).
 
     Raises:
         ValueError: if ``global_classes`` and ``images`` have different lengths, or an id
@@ -435,8 +545,12 @@ def render_glyph_images(
     gids, js = np.broadcast_arrays(gids, js)
     if (gids < 0).any() or (js < 0).any():
         raise ValueError("global class ids and image numbers must be non-negative")
-    size = int(image_size)
-    out = np.empty((len(gids), size, size), dtype=np.float32)
+    return _render_uint8(seed, gids, js, int(image_size)).astype(np.float32) / np.float32(255.0)
+
+
+def _render_uint8(seed: int, gids: np.ndarray, js: np.ndarray, size: int) -> np.ndarray:
+    """The images of ``(gids[i], js[i])`` as uint8 ``[n, size, size]`` (the stored form)."""
+    out = np.empty((len(gids), size, size), dtype=np.uint8)
     uniq, slot = np.unique(gids, return_inverse=True)
     templates = _templates(seed, uniq)
     for lo in range(0, len(gids), _RENDER_CHUNK):
@@ -581,8 +695,8 @@ class Glyphs(FewShotDataset):
             block = missing[lo : lo + per_call]
             gids = np.repeat(self.class_ids[block], ipc)
             js = np.tile(np.arange(ipc, dtype=np.int64), len(block))
-            ink = render_glyph_images(self.seed, gids, js, self.image_size)
-            pixels = np.rint(ink * 255.0).astype(np.uint8).reshape(len(block), ipc, self.image_size, self.image_size)
+            pixels = _render_uint8(self.seed, gids, js, self.image_size)
+            pixels = pixels.reshape(len(block), ipc, self.image_size, self.image_size)
             for c, imgs in zip(block, pixels):
                 self._cache[c] = imgs
 

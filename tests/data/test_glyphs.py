@@ -50,6 +50,61 @@ def test_image_depends_only_on_its_keys() -> None:
     assert torch.equal(small, big)
 
 
+# the fixed set whose bytes are pinned: 64 images of train, val and test classes at 28 px
+_PINNED_GIDS = np.repeat(np.array([0, 1, 2, 2999, 1_000_000, 1_000_299, 2_000_000, 2_000_999]), 8)
+_PINNED_JS = np.tile(np.arange(8) * 2, 8)
+#: SHA-256 of the pinned set's uint8 bytes. Changing the renderer changes this on purpose
+#: only; a machine that renders other bytes from the same code fails here.
+_PINNED_SHA256 = "72743c85e4f2dccbcfc465d7d60f11ce2cf57cb9d857a287e3f7e04daf0e46f5"
+
+
+def _pinned_bytes(batch: int) -> bytes:
+    from mmnet_plugin.data.glyphs import _render_uint8
+
+    parts = [
+        _render_uint8(0, _PINNED_GIDS[lo : lo + batch], _PINNED_JS[lo : lo + batch], 28)
+        for lo in range(0, len(_PINNED_GIDS), batch)
+    ]
+    return np.concatenate(parts).tobytes()
+
+
+def test_pixels_are_machine_independent_and_pinned() -> None:
+    import hashlib
+
+    threads = torch.get_num_threads()
+    try:
+        digests = set()
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for batch in (1, 64):
+                digests.add(hashlib.sha256(_pinned_bytes(batch)).hexdigest())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1, "the bytes depend on the batch size or the number of threads"
+    assert digests.pop() == _PINNED_SHA256
+    # render_glyph_images is the same bytes divided by 255
+    ink = render_glyph_images(0, _PINNED_GIDS[:8], _PINNED_JS[:8])
+    np.testing.assert_array_equal(np.rint(ink * 255).astype(np.uint8).tobytes(), _pinned_bytes(64)[: 8 * 28 * 28])
+
+
+def test_pixels_do_not_depend_on_blas_kernel_or_threads() -> None:
+    # another OpenBLAS kernel and thread count, in a fresh process: the renderer calls no
+    # float BLAS, so the bytes cannot change (the old renderer's float values did)
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, sys; sys.path.insert(0, 'tests/data'); import test_glyphs as t; "
+        "print(hashlib.sha256(t._pinned_bytes(16)).hexdigest())"
+    )
+    env = dict(os.environ, OPENBLAS_CORETYPE="Prescott", OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == _PINNED_SHA256
+
+
 def test_different_seed_differs() -> None:
     a = Glyphs("train", seed=0, classes=5).load(np.arange(100))
     b = Glyphs("train", seed=1, classes=5).load(np.arange(100))

@@ -113,6 +113,16 @@ def resolve_method(spec: str) -> str:
         raise ValueError(
             f"method {spec!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH or installed?"
         ) from None
+    except SyntaxError as exc:
+        raise ValueError(
+            f"method {spec!r}: module {module_name!r} has a syntax error ({exc.filename}, line {exc.lineno}: "
+            f"{str(exc.msg)[:120]})"
+        ) from None
+    except Exception as exc:  # the module's own code raised while importing
+        text = " ".join(str(exc).split())[:160]
+        raise ValueError(
+            f"method {spec!r}: importing module {module_name!r} raised {type(exc).__name__}: {text}"
+        ) from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"method {spec!r}: module {module_name!r} has no {attr!r}")
