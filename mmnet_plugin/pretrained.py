@@ -103,8 +103,8 @@ def load_pretrained(name: str, map_location: Union[str, torch.device] = "cpu") -
         CheckpointError: if the weights file is missing, fails its checksum (the message gives
             the path and both digests) or does not fit the manifest's model configuration.
     """
+    from .checkpoints import CheckpointError, check_finite, load
     from .models import MMNet
-    from .training import CheckpointError
 
     info = manifest(name)
     path = weights_dir() / str(info.get("file", ""))
@@ -117,14 +117,12 @@ def load_pretrained(name: str, map_location: Union[str, torch.device] = "cpu") -
             f"the weights file {path} fails its checksum (sha256 {got}, the manifest says {want}); it is damaged "
             "or was replaced: reinstall mmnet-plugin"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the digest matched, so this is a broken installation
-        raise CheckpointError(f"the weights file {path} cannot be read ({type(exc).__name__}); reinstall") from None
+    state = load(path, what="weights file")
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not an mmnet-plugin weights file ({WEIGHTS_FORMAT})")
     config = dict(info["model_config"])
     model = MMNet(**config)
+    check_finite(state["model"], path)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
     weights.setdefault("_extra_state", model.get_extra_state())  # the support-shuffle generator: not stored
     try:
@@ -156,9 +154,8 @@ def export_pretrained(
     Raises:
         CheckpointError: if the checkpoint cannot be read or holds no model configuration.
     """
-    from .data.cache import atomic_write
+    from .checkpoints import atomic_write, load_checkpoint
     from .models import MMNet
-    from .training import load_checkpoint
 
     model = MMNet.from_checkpoint(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -173,7 +170,7 @@ def export_pretrained(
     buffer = io.BytesIO()
     torch.save({"format": WEIGHTS_FORMAT, "model": compact}, buffer)
     data = buffer.getvalue()
-    atomic_write(target, lambda tmp: tmp.write_bytes(data))
+    atomic_write(target, data)
     entry: Dict[str, Any] = {
         "name": name,
         "file": target.name,
@@ -185,7 +182,7 @@ def export_pretrained(
         **(info or {}),
     }
     text = json.dumps(entry, indent=2) + "\n"
-    atomic_write(folder / f"{name}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(folder / f"{name}.json", text)
     return entry
 
 

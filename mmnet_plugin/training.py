@@ -44,6 +44,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 
+from . import checkpoints
+from .checkpoints import CheckpointError
 from .distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -76,10 +78,6 @@ __all__ = [
 LR_SCHEDULES = ("step", "budget", "cosine", "plateau")
 
 PathLike = Union[str, os.PathLike]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or from another configuration."""
 
 
 @dataclass
@@ -335,46 +333,13 @@ def check_writable(path: PathLike, what: str) -> None:
             raise ValueError(f"{what} {path} is not writable ({exc.strerror or exc}); {hint}") from None
 
 
-def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a temp file in the same folder, then
-    a rename, so a crash never leaves a half-written checkpoint at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+#: Kept under their old names here: checkpoint I/O lives in :mod:`mmnet_plugin.checkpoints`.
+save_checkpoint = checkpoints.save
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``.
-
-    Raises:
-        CheckpointError: if the file is missing, truncated or not a checkpoint; the message
-            names the file and what to do.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train first or check the path")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt and was not used ({type(exc).__name__}: {exc}); "
-            "delete it to start over, or point to another checkpoint"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not an mmnet-plugin checkpoint (no 'model' entry)")
-    return state
+    """:func:`mmnet_plugin.checkpoints.load_checkpoint` (kept here under its old name)."""
+    return checkpoints.load_checkpoint(path, map_location)
 
 
 def _episode_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -8,8 +8,8 @@ import torch
 
 import mmnet_plugin.pretrained as pretrained
 from mmnet_plugin import Episode, MMNet
+from mmnet_plugin.checkpoints import CheckpointError
 from mmnet_plugin.cli import main
-from mmnet_plugin.training import CheckpointError
 
 
 def _episode(n_way=5, k=1, q=3, seed=0, size=28):

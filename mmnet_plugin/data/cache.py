@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Dict, Iterable, Mapping, Optional, Union
 
 import numpy as np
+
+from ..checkpoints import atomic_write  # re-exported: the package's one atomic writer
 
 __all__ = [
     "CACHE_FORMAT",
@@ -101,41 +102,6 @@ def hash_file_stats(entries: Iterable[tuple]) -> str:
     for name, size, mtime in entries:
         h.update(f"{name}\0{int(size)}\0{int(mtime)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Create ``path`` atomically: ``write`` fills a temporary file beside it, then it is
-    moved into place with :func:`os.replace`.
-
-    Args:
-        path: the final file; its folder is created if needed.
-        write: called with the temporary file's path; must write the whole file.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        OSError: if the folder can not be created or written; the temporary file is
-            removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache files are ordinary readable files
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def save_arrays(path: PathLike, arrays: Mapping[str, np.ndarray]) -> Path:

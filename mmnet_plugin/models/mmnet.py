@@ -48,6 +48,7 @@ the README.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -366,8 +367,10 @@ class MMNet(nn.Module):
         return torch.tensor(self.fixed_scale)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        """Saved with ``state_dict``: the shuffle generator's state (for exact resumes)."""
-        return {"shuffle_generator": self._generator.get_state()}
+        """Saved with ``state_dict``: the shuffle generator's state (for exact resumes) and
+        :attr:`config` (read by :meth:`from_checkpoint`)."""
+        # the configuration too, so that any file holding these weights can rebuild the model
+        return {"shuffle_generator": self._generator.get_state(), "config": self.config}
 
     def set_extra_state(self, state: Any) -> None:
         """Restore what :meth:`get_extra_state` saved."""
@@ -662,12 +665,18 @@ class MMNet(nn.Module):
         map_location: Union[str, torch.device] = "cpu",
         backbone: Optional[nn.Module] = None,
     ) -> "MMNet":
-        """Load a trained model from a checkpoint of ``mmnet train`` / :class:`~mmnet_plugin.Trainer`.
+        """Load a trained model from any checkpoint this package writes: ``mmnet train``,
+        :class:`~mmnet_plugin.Trainer` (with or without ``model_config``) and the harness.
 
         The file is read with ``torch.load(weights_only=True)`` (no code runs from it). The
-        model is rebuilt from the checkpoint's ``model_config`` and its weights loaded
-        strictly. Checkpoints written before the ``query_branch`` option existed hold the
-        paper form's weights and are rebuilt as ``query_branch="paper"``.
+        model is rebuilt from the configuration the checkpoint states (its ``model_config``,
+        else the one the model saved with its weights); a file written before models saved
+        their configuration is rebuilt from the shapes of its weights, with the options that
+        leave no trace in the weights (``decision``, ``memory_slots``, a fixed
+        ``similarity_scale``) at their defaults and a warning. Checkpoints written before the
+        ``query_branch`` option existed hold the paper form's weights and are rebuilt as
+        ``query_branch="paper"``. The configuration is checked against the weights before
+        anything is allocated, and weights holding NaN or infinity are refused.
 
         Args:
             path: the checkpoint file.
@@ -679,55 +688,50 @@ class MMNet(nn.Module):
             The model, in ``eval()`` mode.
 
         Raises:
-            CheckpointError: if the file is missing, truncated or not a checkpoint, holds no
-                model configuration, names options this version does not know, or holds
-                weights that do not fit its configuration; the message names the file.
+            CheckpointError: if the file is missing, unsafe, truncated or not a checkpoint of
+                this package, names options this version does not know, or holds weights that
+                are not finite or do not fit its configuration; one line naming the file.
         """
-        from ..training import CheckpointError, load_checkpoint
+        from ..checkpoints import CheckpointError, check_finite, load, model_weights, shorten
 
-        state = load_checkpoint(path, map_location=map_location)
-        config = state.get("model_config")
-        if not isinstance(config, dict) or not config:
-            raise CheckpointError(
-                f"{path} holds no model configuration, so the model cannot be rebuilt; build the MMNet "
-                "yourself with the options it was trained with and call load_state_dict(state['model'])"
-            )
+        state = load(path, map_location=map_location)
+        weights = model_weights(state, path)
+        check_finite(weights, path)
+        config = _stated_config(state, weights)
+        if config is None:
+            config = _config_from_weights(weights, path, custom_backbone=backbone is not None)
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise CheckpointError(
-                f"{path}: unknown model option(s) {', '.join(unknown)} in its configuration; it was written "
-                "by another version of mmnet-plugin (install that version) or edited by hand"
+                f"{path}: unknown model option(s) {shorten(', '.join(map(str, unknown)))} in its configuration; it "
+                "was written by another version of mmnet-plugin (install that version) or edited by hand"
             )
-        weights = state["model"]
-        config = dict(config)
         if (
             "query_branch" not in config
             and config.get("use_query_branch", True)
             and not any(k == "query_gate" for k in weights)
         ):
             config["query_branch"] = "paper"  # written before the residual form existed
+        # built on the meta device first: an absurd configuration (dm = 10**12) is refused by
+        # comparing shapes, before any memory is allocated
         try:
-            model = cls(**config, backbone=backbone)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: its model configuration {config} is invalid: {exc}") from None
-        try:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
+            with torch.device("meta"):
+                probe = cls(**config, backbone=None if backbone is None else copy.deepcopy(backbone).to("meta"))
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
-                f"{path}: the weights do not fit its model configuration ({first}); the checkpoint was "
+                f"{path}: its model configuration {shorten(config)} is invalid: {shorten(str(exc))}"
+            ) from None
+        _check_fits(probe.state_dict(), weights, path)
+        model = cls(**config, backbone=backbone)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise CheckpointError(
+                f"{path}: the weights do not fit its model configuration ({shorten(last)}); the checkpoint was "
                 "edited or written by other code"
             ) from None
-        if missing or unexpected:
-
-            def few(keys: List[str]) -> str:
-                return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "") or "none"
-
-            raise CheckpointError(
-                f"{path}: the weights do not fit its model configuration (missing: {few(list(missing))}; "
-                f"unexpected: {few(list(unexpected))}); the checkpoint was edited or written by other code"
-            )
         model.to(map_location)
         return model.eval()
 
@@ -739,4 +743,93 @@ class MMNet(nn.Module):
             f"similarity={self.similarity!r}, decision={self.decision!r}, shuffle_support={self.shuffle_support}, "
             f"use_memory_read={self.use_memory_read}, use_contextual_learner={self.use_contextual_learner}, "
             f"use_query_branch={self.use_query_branch}, query_branch={self.query_branch!r}"
+        )
+
+
+def _stated_config(state: Any, weights: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The model configuration a checkpoint states: its ``model_config``, else the one the
+    model saved in its extra state (``None`` if neither)."""
+    if isinstance(state, dict) and isinstance(state.get("model_config"), dict) and state["model_config"]:
+        return dict(state["model_config"])
+    extra = weights.get("_extra_state")
+    if isinstance(extra, dict) and isinstance(extra.get("config"), dict) and extra["config"]:
+        return dict(extra["config"])
+    return None
+
+
+#: Conv-4 feature size -> image size, for checkpoints that state no configuration.
+_IMAGE_SIZE_OF_DZ = {64: 28, 1600: 84}
+
+
+def _config_from_weights(weights: Dict[str, Any], path: Any, custom_backbone: bool) -> Dict[str, Any]:
+    """Rebuild the configuration of a checkpoint that states none from its weights' shapes;
+    options that leave no trace in the weights keep their defaults (with a warning)."""
+    import warnings
+
+    from ..checkpoints import CheckpointError
+
+    def shape(key: str) -> Optional[Tuple[int, ...]]:
+        value = weights.get(key)
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    config: Dict[str, Any] = {}
+    first = shape("backbone.blocks.0.0.weight")
+    if first is not None and len(first) == 4:
+        config["in_channels"] = first[1]
+    elif not custom_backbone:
+        raise CheckpointError(f"{path} states no model configuration and holds no Conv-4 weights; it is not ours")
+    tz = shape("tz.weight")
+    if tz is not None and len(tz) == 2:
+        config["dm"] = tz[0]
+        if not custom_backbone:
+            if tz[1] not in _IMAGE_SIZE_OF_DZ:
+                raise CheckpointError(
+                    f"{path} states no model configuration and its feature size {tz[1]} does not tell the image "
+                    "size; build the MMNet with the options it was trained with and load_state_dict(state['model'])"
+                )
+            config["image_size"] = _IMAGE_SIZE_OF_DZ[tz[1]]
+    lstm = shape("contextual.lstm.weight_hh_l0")
+    if lstm is not None and len(lstm) == 2:
+        config["dr"] = lstm[1]
+    config["use_memory_read"] = "tc.weight" in weights
+    config["use_query_branch"] = any(k.startswith("query_block.") for k in weights)
+    config["use_contextual_learner"] = any(k.startswith("contextual.") for k in weights)
+    if config["use_query_branch"]:
+        config["query_branch"] = "residual" if "query_gate" in weights else "paper"
+    assumed = ["decision", "memory_slots"]
+    if "log_scale" in weights:
+        config["similarity_scale"] = "learned"
+    else:
+        assumed.append("similarity_scale")
+    warnings.warn(
+        f"{path} states no model configuration: rebuilt from the shapes of its weights, with "
+        f"{', '.join(assumed)} at their defaults",
+        stacklevel=3,
+    )
+    return config
+
+
+def _check_fits(expected: Dict[str, Any], weights: Dict[str, Any], path: Any) -> None:
+    """Refuse weights whose names or shapes differ from the model's (before it is allocated)."""
+    from ..checkpoints import CheckpointError, shorten
+
+    def few(keys: List[str]) -> str:
+        return shorten(", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")) or "none"
+
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: the weights do not fit its model configuration (missing: {few(missing)}; "
+            f"unexpected: {few(unexpected)}); the checkpoint was edited or written by other code"
+        )
+    wrong = [
+        f"{k} {tuple(getattr(weights[k], 'shape', ()))} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(v, torch.Tensor) and (not isinstance(weights[k], torch.Tensor) or weights[k].shape != v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: the weights do not fit its model configuration ({few(wrong)}); the checkpoint was edited "
+            "or written by other code"
         )
