@@ -20,7 +20,7 @@ from typing import Any
 
 from .episodes import Episode, EpisodeSampler, fingerprint_episodes, parse_range
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Episode",

@@ -65,7 +65,9 @@ import torch
 from ..episodes import Episode
 from . import INSTALL_HINTS, _require
 
-__all__ = [
+# FewShotClassDataset subclasses torchmeta's ClassDataset, which can only be imported after
+# patch_torchmeta(): it is built on first access (module __getattr__), hence F822.
+__all__ = [  # noqa: F822
     "KNOWN_VERSIONS",
     "patch_torchmeta",
     "episodes_from_torchmeta",

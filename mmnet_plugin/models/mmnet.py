@@ -425,7 +425,6 @@ class MMNet(nn.Module):
         n_support = [int(e.support_y.shape[0]) for e in eps]
         n_query = [int(e.query_x.shape[0]) for e in eps]
         n_way = [e.n_way for e in eps]
-        b = len(eps)
 
         images = torch.cat([e.support_x for e in eps] + [e.query_x for e in eps]).to(device, p.dtype)
         h = images
