@@ -48,7 +48,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 import torch
 
 from ..episodes import Episode
-from . import INSTALL_HINTS, _require
+from . import INSTALL_HINTS, require
+from .stream import EpisodeStream
 
 # MMNet (the classifier, easyfsl_classifier.MMNetClassifier) is imported on first access, hence F822.
 __all__ = ["KNOWN_VERSIONS", "patch_easyfsl", "episode_from_easyfsl", "EasyFSLEpisodes", "MMNet"]  # noqa: F822
@@ -105,7 +106,7 @@ def patch_easyfsl(allow_unknown_version: bool = False) -> Tuple[str, ...]:
             "it was not checked against this version. Install easyfsl==1.5.0, or call "
             "patch_easyfsl(allow_unknown_version=True) to apply the same fix anyway"
         )
-    sampler_cls = _require("easyfsl.samplers").TaskSampler
+    sampler_cls = require("easyfsl.samplers").TaskSampler
     applied: List[str] = []
     if not _sampler_takes_data_source() and not any(
         c.__dict__.get("_mmnet_data_source_shim", False) for c in sampler_cls.__mro__
@@ -191,7 +192,7 @@ def episode_from_easyfsl(batch: Any) -> Episode:
         raise ValueError(f"easyfsl task does not make a valid episode: {exc}") from exc
 
 
-class EasyFSLEpisodes:
+class EasyFSLEpisodes(EpisodeStream):
     """An easyfsl task loader as a stream of episodes (for the trainer).
 
     Args:
@@ -206,18 +207,15 @@ class EasyFSLEpisodes:
     """
 
     def __init__(self, loader: Any, episodes: Optional[int] = None, device: Optional[str] = None) -> None:
-        if episodes is not None and (isinstance(episodes, bool) or int(episodes) < 1):
-            raise ValueError(f"episodes must be at least 1 (or None); got {episodes!r}")
-        self.loader = loader
-        self.episodes = None if episodes is None else int(episodes)
-        self.device = device
+        super().__init__(loader, episodes, device)
 
-    def __iter__(self) -> Iterator[Episode]:
-        for n, batch in enumerate(self.loader):
-            if self.episodes is not None and n >= self.episodes:
-                return
-            ep = episode_from_easyfsl(batch)
-            yield ep if self.device is None else ep.to(self.device)
+    @property
+    def loader(self) -> Any:
+        """The easyfsl loader (the stream's source)."""
+        return self.source
+
+    def convert(self) -> Iterator[Episode]:
+        return (episode_from_easyfsl(batch) for batch in self.source)
 
     def __len__(self) -> int:
         n = len(self.loader)

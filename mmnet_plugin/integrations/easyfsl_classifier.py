@@ -16,13 +16,13 @@ import torch
 
 from ..episodes import Episode
 from ..models import MMNet
-from . import _require
+from . import require
 from .easyfsl import COLLATE, ensure_patched
 
 __all__ = ["MMNetClassifier"]
 
 ensure_patched()
-_FewShotClassifier = _require("easyfsl.methods").FewShotClassifier
+_FewShotClassifier = require("easyfsl.methods").FewShotClassifier
 
 
 class MMNetClassifier(_FewShotClassifier):
