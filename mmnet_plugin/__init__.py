@@ -16,11 +16,18 @@ Framework adapters live in :mod:`mmnet_plugin.integrations` and the benchmark ha
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .episodes import Episode, EpisodeSampler, fingerprint_episodes, parse_range
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what editors and type checkers see; at run time these load on first use (_LAZY)
+    from .data import load_dataset
+    from .distributed import init_distributed
+    from .evaluation import EvaluationResult, evaluate
+    from .models import MMNet
+    from .training import TrainConfig, Trainer
+
+__version__ = "0.2.0"
 
 __all__ = [
     "Episode",

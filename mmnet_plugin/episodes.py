@@ -34,7 +34,7 @@ __all__ = [
 
 IntOrRange = Union[int, Tuple[int, int]]
 
-_EMPTY_FINGERPRINT = hashlib.sha256(b"mmnet-plugin episodes v1").hexdigest()
+EMPTY_FINGERPRINT = hashlib.sha256(b"mmnet-plugin episodes v1").hexdigest()
 
 #: What the trainer and the evaluator say when they are given something other than an Episode.
 _EASYFSL_HINT = (
@@ -278,7 +278,7 @@ def _as_label_tensor(y: Any, name: str) -> torch.Tensor:
     return y.long()
 
 
-def fingerprint_episodes(episodes: Sequence[Episode], start: str = _EMPTY_FINGERPRINT) -> str:
+def fingerprint_episodes(episodes: Sequence[Episode], start: str = EMPTY_FINGERPRINT) -> str:
     """Chained SHA-256 fingerprint of a sequence of episodes (hex, 16 characters shown).
 
     Args:
@@ -290,11 +290,11 @@ def fingerprint_episodes(episodes: Sequence[Episode], start: str = _EMPTY_FINGER
     """
     fp = start
     for ep in episodes:
-        fp = _chain(fp, ep.fingerprint_bytes())
+        fp = chain_fingerprint(fp, ep.fingerprint_bytes())
     return fp
 
 
-def _chain(prev: str, data: bytes) -> str:
+def chain_fingerprint(prev: str, data: bytes) -> str:
     return hashlib.sha256(prev.encode("ascii") + data).hexdigest()
 
 
@@ -405,7 +405,7 @@ class EpisodeSampler:
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.drawn = 0
-        self.fingerprint = _EMPTY_FINGERPRINT
+        self.fingerprint = EMPTY_FINGERPRINT
 
         targets = integer_labels(dataset.targets, "dataset.targets").astype(np.int64)
         if targets.ndim != 1 or targets.size == 0:
@@ -461,7 +461,7 @@ class EpisodeSampler:
         if not load:
             data = _index_fingerprint_bytes(self._class_ids[picked], sup_flat, qry_flat)
             self.drawn += 1
-            self.fingerprint = _chain(self.fingerprint, data)
+            self.fingerprint = chain_fingerprint(self.fingerprint, data)
             return None, data
         images = self.dataset.load(np.concatenate([sup_flat, qry_flat]))
         episode = Episode(
@@ -475,7 +475,7 @@ class EpisodeSampler:
         )
         data = episode.fingerprint_bytes()
         self.drawn += 1
-        self.fingerprint = _chain(self.fingerprint, data)
+        self.fingerprint = chain_fingerprint(self.fingerprint, data)
         return episode, data
 
     def sample_batch(self, n: int, keep: Optional[Sequence[int]] = None) -> list:
@@ -585,3 +585,8 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     return obj
+
+
+# the names before 0.2.0
+_EMPTY_FINGERPRINT = EMPTY_FINGERPRINT
+_chain = chain_fingerprint

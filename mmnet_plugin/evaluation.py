@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .distributed import SINGLE_PROCESS, DistributedContext, gather_objects
-from .episodes import _EMPTY_FINGERPRINT, Episode, EpisodeSampler, _chain, require_episode
+from .episodes import EMPTY_FINGERPRINT, Episode, EpisodeSampler, chain_fingerprint, require_episode
 
 __all__ = ["EvaluationResult", "evaluate", "confidence_interval"]
 
@@ -166,7 +166,7 @@ def evaluate(
     accs: List[float] = []
     mine: List[int] = []  # the indices of the episodes this rank scored
     queries = None
-    fp = _EMPTY_FINGERPRINT
+    fp = EMPTY_FINGERPRINT
     elapsed = 0.0
 
     def score(chunk: List[Episode]) -> None:
@@ -197,14 +197,14 @@ def evaluate(
     try:
         for ep, skipped_bytes in stream:
             if ep is None and skipped_bytes is not None:  # another rank's episode, drawn but not loaded
-                fp = _chain(fp, skipped_bytes)
+                fp = chain_fingerprint(fp, skipped_bytes)
                 queries = episodes.queries if queries is None else min(queries, episodes.queries)
                 n_seen += 1
                 continue
             ep = require_episode(ep, "evaluate")
             if ep.query_y is None:
                 raise ValueError("cannot score an episode without query labels (query_y is None)")
-            fp = _chain(fp, ep.fingerprint_bytes())
+            fp = chain_fingerprint(fp, ep.fingerprint_bytes())
             q_per_class = int(torch.bincount(ep.query_y).min())
             queries = q_per_class if queries is None else min(queries, q_per_class)
             index, n_seen = n_seen, n_seen + 1

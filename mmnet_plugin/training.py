@@ -8,10 +8,11 @@ its parameters, is stored in the checkpoint (``train_config["schedule"]``) and w
 first record of every :meth:`Trainer.fit` in the log; resuming with another schedule is refused.
 
 ``bf16=True`` runs the forward pass under ``torch.autocast(dtype=torch.bfloat16)`` on CUDA and on
-CPUs with native bf16 instructions (AVX512-BF16 or AMX); the loss is returned in float32. The trainer takes any iterable of
-:class:`~mmnet_plugin.episodes.Episode`; with an :class:`~mmnet_plugin.episodes.EpisodeSampler`
-(or any source with ``state_dict``/``load_state_dict``) its state goes into the checkpoint
-and a resumed run continues with exactly the episodes an uninterrupted run would have seen.
+CPUs with native bf16 instructions (AVX512-BF16 or AMX); the loss is returned in float32. The
+trainer takes any iterable of :class:`~mmnet_plugin.episodes.Episode`; with an
+:class:`~mmnet_plugin.episodes.EpisodeSampler` (or any source with ``state_dict``/``load_state_dict``)
+its state goes into the checkpoint and a resumed run continues with exactly the episodes an
+uninterrupted run would have seen.
 Mixed C-way k-shot training is a property of the source: a sampler with ``ways=(2, 20),
 shots=(1, 5)`` gives every episode of a batch its own C and k.
 

@@ -371,7 +371,5 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimiser_and_says_so(tm
     assert records[0]["init_from"] == str(first) and "optimiser" in records[0]["note"]
     assert main([*args, "--resume"]) == 2  # b.pt exists: it would be resumed, not initialised
     assert "--init-from with --resume" in capsys.readouterr().err
-    assert (
-        main(["train", *GLYPHS, "--dm", "8", "--init-from", str(first), "--checkpoint", str(tmp_path / "c.pt")]) == 2
-    )
+    assert main(["train", *GLYPHS, "--dm", "8", "--init-from", str(first), "--checkpoint", str(tmp_path / "c.pt")]) == 2
     assert "differs from this run's in dm" in capsys.readouterr().err

@@ -31,3 +31,13 @@ def test_tox_tests_the_installed_package_not_the_source_tree():
     repo = os.environ.get("MMNET_REPO_ROOT", "")
     assert "site-packages" in mmnet_plugin.__file__, mmnet_plugin.__file__
     assert not repo or not mmnet_plugin.__file__.startswith(repo + os.sep + "mmnet_plugin")
+
+
+def test_the_type_checking_block_names_every_lazy_export():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(mmnet_plugin))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    names = {a.asname or a.name for n in block.body for a in n.names}
+    assert names == set(mmnet_plugin._LAZY)

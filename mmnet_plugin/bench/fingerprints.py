@@ -10,14 +10,14 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .files import jsonable as _jsonable
+from .files import jsonable
 
 __all__ = ["config_key", "derive_seed", "ImageDigest", "stream_fingerprint", "dataset_digest"]
 
 
 def config_key(config: Dict[str, Any]) -> str:
     """A short stable hash of a configuration (16 hex digits)."""
-    text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -254,10 +254,11 @@ def run_grid(
             f"{args.queries} queries/class, seed {args.seed}, device {device} ({run['device']['name']}, "
             f"{torch.get_num_threads()} threads)"
         )
+        commit = code["commit"] or ("not in git" if code.get("source") == "checkout" else "installed, no git commit")
         print(
             f"methods: {', '.join(f'{m} [{recipes[m]}]' for m in args.methods)}; validation: "
             f"{'on ' + str(validation['episodes']) + ' val episodes' if validation['enabled'] else 'none'}; "
-            f"code {code['commit'] or ('not in git' if code.get('source') == 'checkout' else 'installed, no git commit')}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
+            f"code {commit}{' (dirty)' if code['dirty'] else ''}, source {code['source_sha256']}; "
             f"results in {output}/"
         )
         if store.records:
@@ -265,7 +266,8 @@ def run_grid(
         if store.other_code:
             print(
                 f"note: {len(store.other_code)} result(s) of this configuration in {output}/records were made by "
-                f"other code; {'reused (--reuse-stale), marked' if args.reuse_stale else 'not reused (--reuse-stale to use them)'}"
+                "other code; "
+                + ("reused (--reuse-stale), marked" if args.reuse_stale else "not reused (--reuse-stale to use them)")
             )
         if store.stale:
             print(
@@ -423,7 +425,8 @@ def run_grid(
                         f"  {name:12s} {fmt_acc(rec)}%  [{rec['recipe']}] train {rec['train_episodes']} ep, "
                         f"{rec['train_steps']} steps of {rec['episodes_per_step']} in {rec['train_time_s']:.1f}s"
                         + (
-                            f"  best val {100 * rec['best_val']['val_accuracy']:.1f}% at {rec['best_val']['episodes']} ep"
+                            f"  best val {100 * rec['best_val']['val_accuracy']:.1f}% "
+                            f"at {rec['best_val']['episodes']} ep"
                             if rec.get("best_val")
                             else ""
                         )
@@ -490,7 +493,8 @@ def _finish(
         )
     t = run["timing"]
     print(
-        f"harness overhead{' (rank 0)' if world > 1 else ''}: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s ({100 * t['harness_share']:.2f}%; "
+        f"harness overhead{' (rank 0)' if world > 1 else ''}: {t['harness_s']:.1f} s of {t['wall_s']:.1f} s "
+        f"({100 * t['harness_share']:.2f}%; "
         f"training {t['train_s']:.1f} s, validation {t['validation_s']:.1f} s, testing {t['test_s']:.1f} s, "
         f"library imports {t['imports_s']:.1f} s)"
     )

@@ -189,7 +189,8 @@ def leaderboard_markdown(
     w("|---|---|---|---|---:|---|\n")
     for setting, c in checks.items():
         w(
-            f"| {setting} | `{c['test_fingerprint'][:16]}` | {'yes' if c['test_fingerprints_agree'] else '**NO (error)**'} "
+            f"| {setting} | `{c['test_fingerprint'][:16]}` "
+            f"| {'yes' if c['test_fingerprints_agree'] else '**NO (error)**'} "
             f"| `{(c['train_fingerprint'] or '-')[:16]}` | {c.get('train_compared_at_episodes') or '-'} "
             f"| {'yes' if c['train_fingerprints_agree'] else '**NO (error)**'} |\n"
         )

@@ -268,7 +268,6 @@ def profile_step(mmnet: Any, batch: List[Any], bf16: bool, rounds: int) -> Dict[
     the whole step less the parts: glue (padding, splitting, masks) and Python.
     """
     from mmnet_plugin.models.memory import read_memory, write_memory
-
     from mmnet_plugin.training import adam_optimizer
 
     device = next(mmnet.parameters()).device
@@ -395,9 +394,12 @@ def report(res: Dict[str, Any]) -> str:
         f"{res['train_pool']} training and {res['test_pool']} test episodes "
         f"(fingerprints {res['train_fingerprint'][:16]} / {res['test_fingerprint'][:16]})"
     ]
-    head = f"{'method':36s} {'ep/step':>7s} {'train ms/ep':>12s} {'x ProtoNet':>10s} {'test ms/ep':>11s} {'x ProtoNet':>10s}"
+    head = (
+        f"{'method':36s} {'ep/step':>7s} {'train ms/ep':>12s} {'x ProtoNet':>10s} {'test ms/ep':>11s} "
+        f"{'x ProtoNet':>10s}"
+    )
     lines += [head, "-" * len(head)]
-    for n, r in res["methods"].items():
+    for r in res["methods"].values():
         lines.append(
             f"{r['label']:36s} {r['episodes_per_step']:7d} {r['train_ms_per_episode']:12.1f} "
             f"{r.get('train_ratio_to_protonet', float('nan')):10.2f} {r['test_ms_per_episode']:11.1f} "

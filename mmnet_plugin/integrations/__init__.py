@@ -52,7 +52,7 @@ INSTALL_HINTS: Dict[str, str] = {
 }
 
 
-def _require(name: str, install_hint: str | None = None) -> ModuleType:
+def require(name: str, install_hint: str | None = None) -> ModuleType:
     """Import a framework, or say exactly how to install it.
 
     Args:
@@ -77,3 +77,6 @@ def _require(name: str, install_hint: str | None = None) -> ModuleType:
             f"this mmnet_plugin adapter needs the {top!r} package, which is not importable "
             f"({exc}). Install it with: {hint}"
         ) from exc
+
+
+_require = require  # the name before 0.2.0

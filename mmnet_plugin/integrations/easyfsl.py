@@ -48,11 +48,15 @@ from typing import Any, Iterator, List, Optional, Tuple
 import torch
 
 from ..episodes import Episode
-from . import INSTALL_HINTS, _require
+from . import INSTALL_HINTS, require
+from .stream import EpisodeStream
 
-__all__ = ["KNOWN_VERSIONS", "patch_easyfsl", "episode_from_easyfsl", "EasyFSLEpisodes", "MMNet"]
+# MMNet (the classifier, easyfsl_classifier.MMNetClassifier) is imported on first access, hence F822.
+__all__ = ["KNOWN_VERSIONS", "patch_easyfsl", "episode_from_easyfsl", "EasyFSLEpisodes", "MMNet"]  # noqa: F822
 
-_COLLATE = "TaskSampler.episodic_collate_fn"
+#: How easyfsl builds a task (named in error messages).
+COLLATE = "TaskSampler.episodic_collate_fn"
+_COLLATE = COLLATE
 
 #: easyfsl versions :func:`patch_easyfsl` was written and tested against.
 KNOWN_VERSIONS: Tuple[str, ...] = ("1.5.0",)
@@ -102,7 +106,7 @@ def patch_easyfsl(allow_unknown_version: bool = False) -> Tuple[str, ...]:
             "it was not checked against this version. Install easyfsl==1.5.0, or call "
             "patch_easyfsl(allow_unknown_version=True) to apply the same fix anyway"
         )
-    sampler_cls = _require("easyfsl.samplers").TaskSampler
+    sampler_cls = require("easyfsl.samplers").TaskSampler
     applied: List[str] = []
     if not _sampler_takes_data_source() and not any(
         c.__dict__.get("_mmnet_data_source_shim", False) for c in sampler_cls.__mro__
@@ -188,7 +192,7 @@ def episode_from_easyfsl(batch: Any) -> Episode:
         raise ValueError(f"easyfsl task does not make a valid episode: {exc}") from exc
 
 
-class EasyFSLEpisodes:
+class EasyFSLEpisodes(EpisodeStream):
     """An easyfsl task loader as a stream of episodes (for the trainer).
 
     Args:
@@ -203,141 +207,37 @@ class EasyFSLEpisodes:
     """
 
     def __init__(self, loader: Any, episodes: Optional[int] = None, device: Optional[str] = None) -> None:
-        if episodes is not None and (isinstance(episodes, bool) or int(episodes) < 1):
-            raise ValueError(f"episodes must be at least 1 (or None); got {episodes!r}")
-        self.loader = loader
-        self.episodes = None if episodes is None else int(episodes)
-        self.device = device
+        super().__init__(loader, episodes, device)
 
-    def __iter__(self) -> Iterator[Episode]:
-        for n, batch in enumerate(self.loader):
-            if self.episodes is not None and n >= self.episodes:
-                return
-            ep = episode_from_easyfsl(batch)
-            yield ep if self.device is None else ep.to(self.device)
+    @property
+    def loader(self) -> Any:
+        """The easyfsl loader (the stream's source)."""
+        return self.source
+
+    def convert(self) -> Iterator[Episode]:
+        return (episode_from_easyfsl(batch) for batch in self.source)
 
     def __len__(self) -> int:
         n = len(self.loader)
         return n if self.episodes is None else min(n, self.episodes)
 
 
-def _build_mmnet_classifier() -> type:
-    methods = _require("easyfsl.methods")
+def ensure_patched() -> None:
+    """Apply :func:`patch_easyfsl` once, leaving an easyfsl version it does not know as it is
+    (``patch_easyfsl`` itself says more)."""
     if not _STATE["patched"]:
         try:
             patch_easyfsl()
         except RuntimeError:
-            pass  # an easyfsl version we do not know: leave it as it is (patch_easyfsl says more)
-    from ..models import MMNet as _MMNet
-
-    class MMNet(methods.FewShotClassifier):
-        """MM-Net as an easyfsl ``FewShotClassifier``.
-
-        Args:
-            model: an existing :class:`mmnet_plugin.models.MMNet` to wrap (its weights are
-                shared); default: a new one built from ``mmnet_kwargs``.
-            use_softmax: return softmax probabilities from ``forward`` (easyfsl's option).
-            **mmnet_kwargs: arguments of :class:`mmnet_plugin.models.MMNet` (e.g.
-                ``in_channels=1, image_size=28, shuffle_support=True``).
-
-        Attributes:
-            mmnet: the wrapped model (``mmnet_plugin.models.MMNet``).
-
-        Raises:
-            ValueError: if both ``model`` and ``mmnet_kwargs`` are given, or as
-                :class:`mmnet_plugin.models.MMNet` for bad arguments.
-        """
-
-        def __init__(
-            self, model: Optional[torch.nn.Module] = None, use_softmax: bool = False, **mmnet_kwargs: Any
-        ) -> None:
-            if model is not None and mmnet_kwargs:
-                raise ValueError("give either an MMNet model or its constructor arguments, not both")
-            super().__init__(use_softmax=use_softmax)
-            self.mmnet = model if model is not None else _MMNet(**mmnet_kwargs)
-            self.support_images = torch.tensor(())
-            self._has_support = False
-
-        def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-            """Store the support set of the next ``forward`` calls.
-
-            Args:
-                support_images: ``[n_support, C, H, W]``.
-                support_labels: ``[n_support]`` in ``0..n_way-1``, every label present.
-
-            Raises:
-                ValueError: if the support set breaks easyfsl's convention (labels
-                    ``0..n_way-1``, one per image) or the episode contract.
-            """
-            if not isinstance(support_labels, torch.Tensor) or support_labels.dim() != 1:
-                raise ValueError(
-                    f"easyfsl support_labels must be a 1-D tensor [n_support] of labels 0..n_way-1, as {_COLLATE} gives"
-                )
-            try:
-                # Validate with the episode contract (the queries are not known yet).
-                Episode(support_images, support_labels, support_images[:1])
-            except ValueError as exc:
-                raise ValueError(
-                    f"easyfsl support set breaks the convention of {_COLLATE} (labels 0..n_way-1, one per image): {exc}"
-                ) from exc
-            self.support_images = support_images
-            self.support_labels = support_labels
-            self._has_support = True
-
-        def _require_support(self) -> None:
-            if not self._has_support:
-                raise ValueError(
-                    "no support set: easyfsl's convention is model.process_support_set(support_images, "
-                    "support_labels) before model(query_images)"
-                )
-
-        def forward(self, query_images: torch.Tensor) -> torch.Tensor:
-            """Class scores ``[n_query, n_way]`` of the queries against the stored support set.
-
-            Args:
-                query_images: ``[n_query, C, H, W]``.
-
-            Returns:
-                MM-Net's class scores (softmax probabilities with ``use_softmax=True``).
-
-            Raises:
-                ValueError: if no support set was processed, or as
-                    :meth:`mmnet_plugin.models.MMNet.forward`.
-            """
-            self._require_support()
-            scores = self.mmnet(self.support_images, self.support_labels, query_images)
-            return self.softmax_if_specified(scores)
-
-        def episode_loss(self, query_images: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
-            """MM-Net's own loss (the paper's Eq. 8) on the stored support set and these queries.
-
-            Args:
-                query_images: ``[n_query, C, H, W]``.
-                query_labels: ``[n_query]`` in ``0..n_way-1``.
-
-            Returns:
-                A scalar loss with gradient.
-
-            Raises:
-                ValueError: if no support set was processed, or the episode breaks the contract.
-            """
-            self._require_support()
-            return self.mmnet.loss(Episode(self.support_images, self.support_labels, query_images, query_labels))
-
-        @staticmethod
-        def is_transductive() -> bool:
-            """MM-Net classifies each query on its own (in ``eval()`` mode)."""
-            return False
-
-    MMNet.__module__ = __name__
-    MMNet.__qualname__ = "MMNet"
-    return MMNet
+            pass
 
 
 def __getattr__(name: str) -> Any:
-    """Build ``MMNet`` (an easyfsl ``FewShotClassifier``) on first access."""
+    """``MMNet``: :class:`~mmnet_plugin.integrations.easyfsl_classifier.MMNetClassifier`, imported
+    on first access so that this module (the episode adapters) does not import easyfsl."""
     if name == "MMNet":
-        cls = _build_mmnet_classifier()
-        globals()["MMNet"] = cls
-        return cls
+        from .easyfsl_classifier import MMNetClassifier
+
+        globals()["MMNet"] = MMNetClassifier
+        return MMNetClassifier
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
-from . import _require
+from . import require
+from .stream import EpisodeStream
 
 __all__ = [
     "episode_from_learn2learn",
@@ -232,7 +233,7 @@ def episodes_from_learn2learn(batch: Any, shots: int, remap: bool = False) -> Li
     return out
 
 
-class TasksetEpisodes:
+class TasksetEpisodes(EpisodeStream):
     """A learn2learn taskset (or loader of tasks) as a stream of episodes, for the trainer.
 
     With a ``TaskDataset`` / ``Taskset`` (anything with ``sample()``), each episode is
@@ -260,15 +261,11 @@ class TasksetEpisodes:
         remap: bool = False,
         device: Optional[str] = None,
     ) -> None:
-        self.source = source
         self.shots = _check_shots(shots)
-        if episodes is not None and (isinstance(episodes, bool) or int(episodes) < 1):
-            raise ValueError(f"episodes must be at least 1 (or None); got {episodes!r}")
-        self.episodes = None if episodes is None else int(episodes)
+        super().__init__(source, episodes, device)
         self.remap = bool(remap)
-        self.device = device
 
-    def _raw(self) -> Iterator[Episode]:
+    def convert(self) -> Iterator[Episode]:
         sample = getattr(self.source, "sample", None)
         if callable(sample):
             while True:
@@ -276,12 +273,6 @@ class TasksetEpisodes:
         else:
             for batch in self.source:
                 yield from episodes_from_learn2learn(batch, self.shots, self.remap)
-
-    def __iter__(self) -> Iterator[Episode]:
-        for n, ep in enumerate(self._raw()):
-            if self.episodes is not None and n >= self.episodes:
-                return
-            yield ep if self.device is None else ep.to(self.device)
 
     def __len__(self) -> int:
         if self.episodes is not None:
@@ -320,7 +311,7 @@ def meta_dataset(dataset: Any, targets: Optional[Sequence[int]] = None) -> Any:
         ImportError: if learn2learn is not installed (the message gives the install command).
         ValueError: if ``targets`` does not have one label per item.
     """
-    l2l_data = _require("learn2learn.data")
+    l2l_data = require("learn2learn.data")
     if targets is None:
         targets = getattr(dataset, "targets", None)
     if targets is None:

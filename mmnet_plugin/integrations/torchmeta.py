@@ -63,9 +63,12 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
-from . import INSTALL_HINTS, _require
+from . import INSTALL_HINTS, require
+from .stream import EpisodeStream
 
-__all__ = [
+# FewShotClassDataset subclasses torchmeta's ClassDataset, which can only be imported after
+# patch_torchmeta(): it is built on first access (module __getattr__), hence F822.
+__all__ = [  # noqa: F822
     "KNOWN_VERSIONS",
     "patch_torchmeta",
     "episodes_from_torchmeta",
@@ -175,7 +178,7 @@ def _require_torchmeta() -> Any:
     """torchmeta, patched and imported (raises like :func:`patch_torchmeta`)."""
     if not _STATE["patched"]:
         patch_torchmeta()
-    return _require("torchmeta")
+    return require("torchmeta")
 
 
 # ---------------------------------------------------------------------------- episodes
@@ -280,7 +283,7 @@ def episodes_from_torchmeta(
     return episodes
 
 
-class TorchmetaEpisodes:
+class TorchmetaEpisodes(EpisodeStream):
     """A torchmeta loader as a stream of episodes (for the trainer).
 
     Args:
@@ -294,20 +297,16 @@ class TorchmetaEpisodes:
     """
 
     def __init__(self, loader: Any, episodes: Optional[int] = None, device: Optional[str] = None) -> None:
-        if episodes is not None and (isinstance(episodes, bool) or int(episodes) < 1):
-            raise ValueError(f"episodes must be at least 1 (or None); got {episodes!r}")
-        self.loader = loader
-        self.episodes = None if episodes is None else int(episodes)
-        self.device = device
+        super().__init__(loader, episodes, device)
 
-    def __iter__(self) -> Iterator[Episode]:
-        n = 0
-        for batch in self.loader:
-            for ep in episodes_from_torchmeta(batch):
-                if self.episodes is not None and n >= self.episodes:
-                    return
-                n += 1
-                yield ep if self.device is None else ep.to(self.device)
+    @property
+    def loader(self) -> Any:
+        """The torchmeta loader (the stream's source)."""
+        return self.source
+
+    def convert(self) -> Iterator[Episode]:
+        for batch in self.source:
+            yield from episodes_from_torchmeta(batch)
 
 
 # ---------------------------------------------------------------------------- class dataset

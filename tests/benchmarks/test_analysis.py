@@ -1,4 +1,5 @@
-"""The section 4.6 analyses (``mmnet_plugin.bench.analysis``, ``benchmarks/analysis.py`` in a checkout) on a tiny ``glyphs`` budget.
+"""The section 4.6 analyses (``mmnet_plugin.bench.analysis``, ``benchmarks/analysis.py`` in a
+checkout) on a tiny ``glyphs`` budget.
 
 One shared run of every part (1 step of 1 episode per model, Dm = Dr = 8, 2 test episodes of
 2 queries per class) feeds most tests; the numbers are meaningless, the files are checked.

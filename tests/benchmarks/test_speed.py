@@ -1,5 +1,5 @@
-"""``mmnet_plugin.bench.speed`` (``benchmarks/speed.py``) on a tiny configuration: it runs, reports both targets and writes
-its measurements (the timings themselves are a benchmark, not checked here)."""
+"""``mmnet_plugin.bench.speed`` (``benchmarks/speed.py``) on a tiny configuration: it runs,
+reports both targets and writes its measurements (the timings themselves are a benchmark, not checked here)."""
 
 from __future__ import annotations
 

@@ -215,5 +215,13 @@ def test_patch_easyfsl_refuses_unknown_versions(monkeypatch):
 
 def test_without_easyfsl_the_wrapper_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "easyfsl.methods", None)
+    monkeypatch.delitem(sys.modules, "mmnet_plugin.integrations.easyfsl_classifier", raising=False)
+    monkeypatch.delitem(vars(adapter), "MMNet", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'mmnet-plugin\[easyfsl\]'"):
-        adapter._build_mmnet_classifier()
+        getattr(adapter, "MMNet")  # noqa: B009 (the access is what is tested)
+
+
+def test_the_classifier_is_a_class_of_its_own_name():
+    from mmnet_plugin.integrations.easyfsl_classifier import MMNetClassifier
+
+    assert adapter.MMNet is MMNetClassifier and MMNetClassifier.__name__ == "MMNetClassifier"

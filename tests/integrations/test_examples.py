@@ -99,11 +99,11 @@ def test_fresh_interpreter(tmp_path):
     out = _run(["-c", script], tmp_path, _env())
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    where = next(l for l in lines if l.startswith("FILE ")).split(" ", 1)[1]
+    where = next(line for line in lines if line.startswith("FILE ")).split(" ", 1)[1]
     assert Path(where).resolve() == Path(mmnet_plugin.__file__).resolve()  # the package under test
     assert "LOADED []" in lines
     assert "TM-IMPORT-FAILS True" in lines and "TM-SUBSET-FAILS" in lines
-    applied = next(l for l in lines if l.startswith("TM-APPLIED"))
+    applied = next(line for line in lines if line.startswith("TM-APPLIED"))
     assert "_save_response_content" in applied and "SubsetTask" in applied
     assert "_get_confirm_token" not in applied  # it was present: left alone
     assert "TM-KEPT True" in lines and "TM-AGAIN ()" in lines and "TM-WORKS" in lines

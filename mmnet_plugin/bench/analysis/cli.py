@@ -14,7 +14,7 @@ from mmnet_plugin.arguments import add_common_arguments, positive_int
 from mmnet_plugin.runtime import tune_cpu_allocator
 
 from .core import Analysis
-from .helpers import ABLATION_GROUPS, PARTS, _int_list, _one_setting, _parts, _subset_of
+from .helpers import ABLATION_GROUPS, PARTS, int_list, one_setting, parts_arg, subset_of
 
 __all__ = ["build_parser", "main"]
 
@@ -47,20 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dr", type=positive_int, default=512, help="contextual learner size Dr (default 512)")
     parser.add_argument(
         "--dr-values",
-        type=_int_list,
+        type=int_list,
         default=[128, 256, 512, 1024],
         help="Dr values of the Figure 2 sweep (default 128,256,512,1024)",
     )
     parser.add_argument(
         "--ablation-setting",
-        type=_one_setting,
+        type=one_setting,
         default=None,
         help="C-way k-shot setting the ablations are trained and tested on (default 20w1s on "
         "omniglot, where 5-way saturates; 5w5s elsewhere)",
     )
     parser.add_argument(
         "--ablation-groups",
-        type=_subset_of(ABLATION_GROUPS, "ablation group"),
+        type=subset_of(ABLATION_GROUPS, "ablation group"),
         default=list(ABLATION_GROUPS),
         help=f"comma-separated subset of {','.join(ABLATION_GROUPS)} (default all); each group "
         "trains its reference (the full model) too, or reuses it",
@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tsne-images", type=positive_int, default=30, help="other images per class embedded for t-SNE (default 30)"
     )
     parser.add_argument(
-        "--parts", type=_parts, default=list(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default all)"
+        "--parts",
+        type=parts_arg,
+        default=list(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (default all)",
     )
     parser.add_argument("--output", default="runs/analysis", help="output folder (default runs/analysis)")
     parser.add_argument("--dpi", type=positive_int, default=100, help="figure resolution (default 100)")

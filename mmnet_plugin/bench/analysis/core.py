@@ -22,7 +22,7 @@ from mmnet_plugin.models import MMNet
 from mmnet_plugin.training import TrainConfig, Trainer
 
 from ..files import safe_torch_load  # torch.load with weights_only=True
-from .helpers import FORMAT, Setting, TrainedModel, _atomic_write_bytes, _atomic_write_json, _key, _seed_for, _setting
+from .helpers import FORMAT, Setting, TrainedModel, atomic_write_bytes, config_key, seed_for, setting_name, write_json
 from .parts import Parts
 from .report import Report
 
@@ -84,7 +84,7 @@ class Analysis(Parts, Report):
             "steps": a.steps,
             "batch_episodes": self.batch_episodes,
             "test_episodes": a.test_episodes,
-            "ablation_setting": _setting(*self.ablation_setting),
+            "ablation_setting": setting_name(*self.ablation_setting),
             "queries": a.queries,
             "dm": a.dm,
             "dr": a.dr,
@@ -116,19 +116,19 @@ class Analysis(Parts, Report):
                 ways,
                 shots,
                 self.args.queries,
-                seed=_seed_for(self.args.seed, "test", ways, shots),
+                seed=seed_for(self.args.seed, "test", ways, shots),
                 episodes=self.args.test_episodes,
             )
             episodes = list(sampler)
             self._test_sets[key] = (episodes, sampler.fingerprint)
-            name = _setting(ways, shots)
+            name = setting_name(ways, shots)
             self.results["test_fingerprints"][name] = sampler.fingerprint
             self.log(f"test episodes {name}: {len(episodes)}, fingerprint {sampler.fingerprint[:16]}")
         return self._test_sets[key]
 
     def _train_sampler(self, ways: IntOrRange, shots: IntOrRange) -> EpisodeSampler:
         return EpisodeSampler(
-            self.train_ds, ways, shots, self.args.queries, seed=_seed_for(self.args.seed, "train"), episodes=None
+            self.train_ds, ways, shots, self.args.queries, seed=seed_for(self.args.seed, "train"), episodes=None
         )
 
     # ------------------------------------------------------------------ models
@@ -175,7 +175,7 @@ class Analysis(Parts, Report):
             "train_split": a.train_split,
             "device_type": self.device.type,
         }
-        key = _key(config)
+        key = config_key(config)
         if key in self._models:
             tm = self._models[key]
         else:
@@ -183,7 +183,7 @@ class Analysis(Parts, Report):
             self._models[key] = tm
         changed = False
         for w, k in tests:
-            setting = _setting(w, k)
+            setting = setting_name(w, k)
             episodes, fp = self.test_set(w, k)
             res = tm.record["tests"].get(setting)
             if res is None or res.get("fingerprint") != fp:
@@ -197,13 +197,13 @@ class Analysis(Parts, Report):
                 changed = True
                 self.log(f"  {name} on {setting}: {r.summary()}")
         if changed:
-            _atomic_write_json(self.out / "models" / f"{key}.json", tm.record)
+            write_json(self.out / "models" / f"{key}.json", tm.record)
         return tm
 
     def _build(self, kind: str, options: Dict[str, Any]) -> Tuple[torch.nn.Module, Any]:
         """Model (and, for Matching Networks, the harness method) with seeded weights."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_for(self.args.seed, "init"))
+            torch.manual_seed(seed_for(self.args.seed, "init"))
             if kind == "mmnet":
                 return MMNet(**options).to(self.device), None
             if kind == "matchingnet":
@@ -253,11 +253,13 @@ class Analysis(Parts, Report):
                 self.log(f"{name}: cannot reuse {rec_path.name} ({exc}); training again")
                 record = None
         if record is None:
-            self.log(f"{name}: training {kind} on {_setting(ways, shots)} ({a.steps} steps x {self.batch_episodes})")
+            self.log(
+                f"{name}: training {kind} on {setting_name(ways, shots)} ({a.steps} steps x {self.batch_episodes})"
+            )
             sampler = self._train_sampler(ways, shots)
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(_seed_for(a.seed, "train-rng"))
+                torch.manual_seed(seed_for(a.seed, "train-rng"))
                 history = self._fit(kind, model, method, sampler)
             record = {
                 "name": name,
@@ -269,8 +271,8 @@ class Analysis(Parts, Report):
             }
             buf = io.BytesIO()
             torch.save(model.state_dict(), buf)
-            _atomic_write_bytes(pt_path, buf.getvalue())
-            _atomic_write_json(rec_path, record)
+            atomic_write_bytes(pt_path, buf.getvalue())
+            write_json(rec_path, record)
         model.eval()
         predictor = model if method is None else method.predictor()
         return TrainedModel(name, model, record, predictor, kind)
@@ -312,4 +314,4 @@ class Analysis(Parts, Report):
 
     def save(self) -> None:
         self.results["config"] = self.describe()
-        _atomic_write_json(self.out / "results.json", self.results)
+        write_json(self.out / "results.json", self.results)

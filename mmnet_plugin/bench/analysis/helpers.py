@@ -28,19 +28,17 @@ Setting = Tuple[int, int]
 
 # ---------------------------------------------------------------------------- small helpers
 # the harness's atomic writes (temporary file in the same folder, fsync, os.replace)
-_atomic_write_bytes = atomic_write_bytes
-_atomic_write_text = atomic_write_text
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _atomic_savefig(fig: Any, path: Path, dpi: int) -> None:
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
     """Save a matplotlib figure as PNG atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def png_size(path: Path) -> Tuple[int, int]:
@@ -55,21 +53,21 @@ def png_size(path: Path) -> Tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _seed_for(seed: int, role: str, *parts: int) -> int:
+def seed_for(seed: int, role: str, *parts: int) -> int:
     """A seed derived from ``seed``, a role name and integers (stable across runs)."""
     text = f"{seed}|{role}|" + "|".join(str(int(p)) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def _key(config: Dict[str, Any]) -> str:
+def config_key(config: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _pct(r: Dict[str, Any]) -> str:
+def percent(r: Dict[str, Any]) -> str:
     return f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f}"
 
 
-def _overlap(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+def intervals_overlap(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     """Whether the two 95% intervals overlap."""
     return abs(a["accuracy"] - b["accuracy"]) <= a["ci95"] + b["ci95"]
 
@@ -92,14 +90,14 @@ def row_standardised_contrast(sim: np.ndarray, same: np.ndarray) -> Tuple[float,
     return float(z[same].mean()), float(z[~same].mean())
 
 
-def _setting(ways: IntOrRange, shots: IntOrRange) -> str:
+def setting_name(ways: IntOrRange, shots: IntOrRange) -> str:
     def f(v: IntOrRange) -> str:
         return str(v) if isinstance(v, int) else f"{v[0]}-{v[1]}"
 
     return f"{f(ways)}w{f(shots)}s"
 
 
-def _int_list(text: str) -> List[int]:
+def int_list(text: str) -> List[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -109,7 +107,7 @@ def _int_list(text: str) -> List[int]:
     return values
 
 
-def _one_setting(text: str) -> Setting:
+def one_setting(text: str) -> Setting:
     from mmnet_plugin.arguments import settings_arg
 
     settings = settings_arg(text)
@@ -118,7 +116,7 @@ def _one_setting(text: str) -> Setting:
     return settings[0]
 
 
-def _subset_of(choices: Sequence[str], what: str) -> Callable[[str], List[str]]:
+def subset_of(choices: Sequence[str], what: str) -> Callable[[str], List[str]]:
     """An argparse type: a comma-separated, non-empty subset of ``choices``."""
 
     def parse(text: str) -> List[str]:
@@ -131,7 +129,7 @@ def _subset_of(choices: Sequence[str], what: str) -> Callable[[str], List[str]]:
     return parse
 
 
-_parts = _subset_of(PARTS, "part")
+parts_arg = subset_of(PARTS, "part")
 
 
 @dataclass

@@ -13,13 +13,13 @@ from mmnet_plugin.episodes import Episode
 
 from .helpers import (
     TrainedModel,
-    _atomic_savefig,
-    _atomic_write_text,
-    _overlap,
-    _pct,
-    _seed_for,
-    _setting,
+    atomic_write_text,
+    intervals_overlap,
+    percent,
     row_standardised_contrast,
+    save_figure,
+    seed_for,
+    setting_name,
 )
 
 __all__ = ["Parts"]
@@ -38,20 +38,20 @@ class Parts:
             out.append(
                 {
                     "model": label,
-                    "train": _setting(w, k),
-                    "tests": {_setting(*t): tm.record["tests"][_setting(*t)] for t in tests},
+                    "train": setting_name(w, k),
+                    "tests": {setting_name(*t): tm.record["tests"][setting_name(*t)] for t in tests},
                 }
             )
         lines = ["| training | " + " | ".join(f"5-way {k}-shot" for k in range(1, 6)) + " |", "|---|" + "---|" * 5]
         for r in out:
-            lines.append(f"| {r['model']} | " + " | ".join(_pct(r["tests"][_setting(*t)]) for t in tests) + " |")
+            lines.append(f"| {r['model']} | " + " | ".join(percent(r["tests"][setting_name(*t)]) for t in tests) + " |")
         lines += [
             "",
             "Accuracy (%) +- 95% CI; test fingerprints: "
-            + ", ".join(f"{_setting(*t)} `{self.test_set(*t)[1][:16]}`" for t in tests),
+            + ", ".join(f"{setting_name(*t)} `{self.test_set(*t)[1][:16]}`" for t in tests),
         ]
         table = "\n".join(lines) + "\n"
-        _atomic_write_text(self.out / "strategy.md", table)
+        atomic_write_text(self.out / "strategy.md", table)
         self.results["parts"]["strategy"] = {"rows": out, "table": table}
 
     def part_dr(self) -> None:
@@ -65,10 +65,10 @@ class Parts:
         for dr in self.args.dr_values:
             for w, k in tests:
                 tm = self.train(f"Dr={dr} 5w{k}s", "mmnet", w, k, [(w, k)], self.mmnet_options(dr=dr))
-                rows.append({"dr": dr, "setting": _setting(w, k), **tm.record["tests"][_setting(w, k)]})
+                rows.append({"dr": dr, "setting": setting_name(w, k), **tm.record["tests"][setting_name(w, k)]})
         fig, ax = plt.subplots(figsize=(6, 4))
         for w, k in tests:
-            pts = [r for r in rows if r["setting"] == _setting(w, k)]
+            pts = [r for r in rows if r["setting"] == setting_name(w, k)]
             xs = np.array([r["dr"] for r in pts], dtype=float)
             ys = 100 * np.array([r["accuracy"] for r in pts])
             cs = 100 * np.array([r["ci95"] for r in pts])
@@ -82,14 +82,16 @@ class Parts:
         ax.set_title(f"Dr sweep ({self.args.dataset}, {self.args.steps} steps)")
         ax.legend()
         fig.tight_layout()
-        _atomic_savefig(fig, self.out / "dr.png", self.args.dpi)
+        save_figure(fig, self.out / "dr.png", self.args.dpi)
         plt.close(fig)
-        lines = ["| Dr | " + " | ".join(_setting(*t) for t in tests) + " |", "|---|" + "---|" * len(tests)]
+        lines = ["| Dr | " + " | ".join(setting_name(*t) for t in tests) + " |", "|---|" + "---|" * len(tests)]
         for dr in self.args.dr_values:
-            cells = [_pct(next(r for r in rows if r["dr"] == dr and r["setting"] == _setting(*t))) for t in tests]
+            cells = [
+                percent(next(r for r in rows if r["dr"] == dr and r["setting"] == setting_name(*t))) for t in tests
+            ]
             lines.append(f"| {dr} | " + " | ".join(cells) + " |")
         table = "\n".join(lines) + "\n"
-        _atomic_write_text(self.out / "dr.md", table)
+        atomic_write_text(self.out / "dr.md", table)
         self.results["parts"]["dr"] = {"rows": rows, "table": table, "figure": "dr.png"}
 
     def _pair(self) -> Tuple[TrainedModel, TrainedModel]:
@@ -114,7 +116,7 @@ class Parts:
     def _figure_episode(self, queries: Optional[int]) -> Episode:
         """A 5-way 5-shot test episode of 5 seeded test classes; ``queries=None`` takes all of
         the classes' other images (capped by ``--tsne-images``) as queries."""
-        rng = np.random.default_rng(_seed_for(self.args.seed, "figure"))
+        rng = np.random.default_rng(seed_for(self.args.seed, "figure"))
         targets = np.asarray(self.test_ds.targets)
         classes = np.unique(targets)
         picked = rng.choice(classes, size=5, replace=False)
@@ -167,7 +169,7 @@ class Parts:
             ax.set_yticks([])
         axes[1].legend(fontsize=7, loc="best")
         fig.tight_layout()
-        _atomic_savefig(fig, self.out / "tsne.png", self.args.dpi)
+        save_figure(fig, self.out / "tsne.png", self.args.dpi)
         plt.close(fig)
         self.results["parts"]["tsne"] = {
             "figure": "tsne.png",
@@ -209,7 +211,7 @@ class Parts:
             ax.set_ylabel("query (sorted by class)")
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
-        _atomic_savefig(fig, self.out / "similarity.png", self.args.dpi)
+        save_figure(fig, self.out / "similarity.png", self.args.dpi)
         plt.close(fig)
         self.results["parts"]["similarity"] = {"figure": "similarity.png", "classes": ep.class_ids, "stats": stats}
 
@@ -252,7 +254,7 @@ class Parts:
         import matplotlib.pyplot as plt
 
         test = self.ablation_setting
-        setting = _setting(*test)
+        setting = setting_name(*test)
         groups = {}
         lines = [
             f"All on {setting}, the same {self.args.eval_split}-split episodes "
@@ -279,7 +281,7 @@ class Parts:
             ax.set_title(f"ablation: {group}")
             ax.legend(fontsize=8)
             fig.tight_layout()
-            _atomic_savefig(fig, self.out / f"curves_{group}.png", self.args.dpi)
+            save_figure(fig, self.out / f"curves_{group}.png", self.args.dpi)
             plt.close(fig)
             ref = rows[0]
             lines += [f"### {group}", "", "| variant | accuracy (%) | vs reference |", "|---|---|---|"]
@@ -289,14 +291,14 @@ class Parts:
                     if i == 0
                     else (
                         "CIs overlap"
-                        if _overlap(r, ref)
+                        if intervals_overlap(r, ref)
                         else ("higher, CIs apart" if r["accuracy"] > ref["accuracy"] else "lower, CIs apart")
                     )
                 )
                 ended = f" (s ended at {r['learned_scale']:.3f})" if "learned_scale" in r else ""
-                lines.append(f"| {r['variant']}{ended} | {_pct(r)} | {cmp} |")
+                lines.append(f"| {r['variant']}{ended} | {percent(r)} | {cmp} |")
             lines += ["", f"Training curves: `curves_{group}.png`", ""]
             groups[group] = {"rows": rows, "figure": f"curves_{group}.png"}
         table = "\n".join(lines)
-        _atomic_write_text(self.out / "ablations.md", table)
+        atomic_write_text(self.out / "ablations.md", table)
         self.results["parts"]["ablations"] = {"groups": groups, "table": table}

@@ -3,7 +3,14 @@ mixin of :class:`~.core.Analysis`."""
 
 from __future__ import annotations
 
-from .helpers import PAPER_SCHEDULE_EPISODES, PIPELINE_CHECK_EPISODES, _atomic_write_text, _overlap, _pct, _setting
+from .helpers import (
+    PAPER_SCHEDULE_EPISODES,
+    PIPELINE_CHECK_EPISODES,
+    atomic_write_text,
+    intervals_overlap,
+    percent,
+    setting_name,
+)
 
 __all__ = ["Report"]
 
@@ -62,14 +69,14 @@ class Report:
             mixed = rows[-1]
             notes = []
             for k in range(1, 6):
-                s = _setting(5, k)
+                s = setting_name(5, k)
                 uni = rows[k - 1]["tests"][s]
                 m = mixed["tests"][s]
                 notes.append(
-                    f"5w{k}s: mixed C-way k-shot {_pct(m)} vs uniform {_pct(uni)} "
+                    f"5w{k}s: mixed C-way k-shot {percent(m)} vs uniform {percent(uni)} "
                     + (
                         "(CIs overlap: no difference shown)"
-                        if _overlap(m, uni)
+                        if intervals_overlap(m, uni)
                         else (
                             "(mixed higher, CIs apart)"
                             if m["accuracy"] > uni["accuracy"]
@@ -93,9 +100,9 @@ class Report:
             for s in ("5w1s", "5w5s"):
                 pts = [r for r in rows if r["setting"] == s]
                 best = max(pts, key=lambda r: r["accuracy"])
-                apart = [r["dr"] for r in pts if not _overlap(r, best)]
+                apart = [r["dr"] for r in pts if not intervals_overlap(r, best)]
                 notes.append(
-                    f"{s}: best Dr={best['dr']} ({_pct(best)}); "
+                    f"{s}: best Dr={best['dr']} ({percent(best)}); "
                     + (
                         f"CIs apart from the best only for Dr in {apart}"
                         if apart
@@ -114,9 +121,9 @@ class Report:
                 "![t-SNE](tsne.png)",
                 "",
                 f"Found: {t['images']} images of test classes {t['classes']}; the two models' 5w5s "
-                f"accuracies are MM-Net {_pct(t['mmnet_5w5s'])}, Matching Networks "
-                f"{_pct(t['matchingnet_5w5s'])}"
-                + (" (CIs overlap)." if _overlap(t["mmnet_5w5s"], t["matchingnet_5w5s"]) else " (CIs apart).")
+                f"accuracies are MM-Net {percent(t['mmnet_5w5s'])}, Matching Networks "
+                f"{percent(t['matchingnet_5w5s'])}"
+                + (" (CIs overlap)." if intervals_overlap(t["mmnet_5w5s"], t["matchingnet_5w5s"]) else " (CIs apart).")
                 + " Matching Networks' embeddings are its full-context ones (easyfsl); both share Conv-4."
                 " Support (g) and query (f) embeddings come from different functions in both models, so "
                 "the support stars may sit apart from their class's queries; judge each set's clustering.",
@@ -162,4 +169,4 @@ class Report:
                 p["ablations"]["table"],
                 "",
             ]
-        _atomic_write_text(self.out / "report.md", "\n".join(out) + "\n")
+        atomic_write_text(self.out / "report.md", "\n".join(out) + "\n")
