@@ -194,7 +194,7 @@ def _image_shape(dataset: Any) -> Sequence[int]:
 def _load(args: argparse.Namespace, split: str) -> Any:
     from .data import load_dataset
 
-    return load_dataset(args.dataset, split=split, data_root=args.data_root)
+    return load_dataset(args.dataset, split=split, data_root=args.data_root, layout=args.layout)
 
 
 def _run(body: Callable[[argparse.Namespace, torch.device, Any], int], args: argparse.Namespace) -> int:
