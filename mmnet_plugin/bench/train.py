@@ -180,7 +180,13 @@ def _train(
                         validate_now()
                         # the next point past the progress made, computed (not counted up to:
                         # --val-points 10**12 would count for ever)
-                        next_point = max(next_point + 1, int(progress_fraction() * v["points"]) + 1)
+                        frac = progress_fraction()
+                        nxt = max(next_point + 1, int(frac * v["points"]) + 1)
+                        while nxt > next_point + 1 and (nxt - 1) / v["points"] > frac:
+                            nxt -= 1  # the same points as counting up one by one would give
+                        while nxt / v["points"] <= frac:
+                            nxt += 1
+                        next_point = nxt
             if done:
                 stop_reason = "episodes" if (cap is not None and sampler.drawn >= cap) else "seconds"
                 break
