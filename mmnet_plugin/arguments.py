@@ -174,6 +174,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_queries: int =
         help=f"query images per class (default {default_queries})",
     )
     parser.add_argument("--seed", type=seed_arg, default=0, help="seed of every sampler, 0 to 2**63-1 (default 0)")
+    parser.add_argument(
+        "--layout",
+        choices=("csv", "pickle", "hdf5"),
+        default=None,
+        help="miniImageNet's files: csv (Ravi csv + images/), pickle (learn2learn's "
+        "mini-imagenet-cache-*.pkl) or hdf5 (torchmeta's *_data.hdf5); default: the first present, in that order",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
         "--dist-timeout",

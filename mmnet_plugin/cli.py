@@ -19,6 +19,11 @@ Several processes (one per GPU, or CPU processes with gloo), launched by torchru
 ``evaluate`` the test episodes (see :mod:`mmnet_plugin.evaluation`); rank 0 prints, writes the
 checkpoint and the log. ``--device cuda`` (or ``auto`` on a GPU machine) means one GPU per rank
 (``LOCAL_RANK``) with nccl; on the CPU the ranks use gloo.
+
+torchrun parses abbreviations of its own options anywhere on the line, so ``--log`` after the
+module fails there (``ambiguous option: --log``): write ``--log-file`` (the same option), or
+put ``--`` between ``mmnet_plugin`` and ``train``. A missing or dead peer stops the other ranks
+with one line after ``--dist-timeout`` seconds (default 60).
 """
 
 from __future__ import annotations
@@ -281,7 +286,7 @@ def _image_shape(dataset: Any) -> Sequence[int]:
 def _load(args: argparse.Namespace, split: str) -> Any:
     from .data import load_dataset
 
-    return load_dataset(args.dataset, split=split, data_root=args.data_root)
+    return load_dataset(args.dataset, split=split, data_root=args.data_root, layout=args.layout)
 
 
 def _run(body: Callable[[argparse.Namespace, torch.device, Any], int], args: argparse.Namespace) -> int:

@@ -216,6 +216,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "mmnet bench") -> int
                 tensorboard=tensorboard,
                 record_extra=record_extra,
             )
+        except RuntimeError as exc:  # a peer died or stopped answering: one line, records kept
+            from mmnet_plugin.distributed import describe_dist_failure
+
+            line = describe_dist_failure(exc) if ctx.enabled else None
+            if line is None:
+                raise
+            print(f"error (rank {ctx.rank}): {line} in {output}/records", file=sys.stderr)
+            return 1
         finally:
             torch.set_num_threads(threads_before)
 

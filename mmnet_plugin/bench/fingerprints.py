@@ -77,6 +77,9 @@ def dataset_digest(dataset: Any, split: str, probe: int = 1024) -> str:
     targets = np.asarray(dataset.targets, dtype=np.int64)
     h = hashlib.sha256()
     h.update(f"{type(dataset).__name__}\0{split}\0{len(targets)}\0".encode("utf-8"))
+    layout = getattr(dataset, "layout", "csv")
+    if layout != "csv":  # miniImageNet read from learn2learn's or torchmeta's files
+        h.update(f"layout\0{layout}\0".encode("utf-8"))
     h.update(targets.tobytes())
     n = len(targets)
     if n:

@@ -100,9 +100,10 @@ def run_grid(
     val_split = "val" if opts["validate"] else None
 
     try:
-        train_ds = load_dataset(args.dataset, split=opts["train_split"], data_root=args.data_root)
-        val_ds = load_dataset(args.dataset, split=val_split, data_root=args.data_root) if val_split else None
-        test_ds = load_dataset(args.dataset, split="test", data_root=args.data_root)
+        where = {"data_root": args.data_root, "layout": args.layout}
+        train_ds = load_dataset(args.dataset, split=opts["train_split"], **where)
+        val_ds = load_dataset(args.dataset, split=val_split, **where) if val_split else None
+        test_ds = load_dataset(args.dataset, split="test", **where)
     except (DataNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

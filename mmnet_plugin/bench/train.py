@@ -180,7 +180,13 @@ def _train(
                         validate_now()
                         # the next point past the progress made, computed (not counted up to:
                         # --val-points 10**12 would count for ever)
-                        next_point = max(next_point + 1, int(progress_fraction() * v["points"]) + 1)
+                        frac = progress_fraction()
+                        nxt = max(next_point + 1, int(frac * v["points"]) + 1)
+                        while nxt > next_point + 1 and (nxt - 1) / v["points"] > frac:
+                            nxt -= 1  # the same points as counting up one by one would give
+                        while nxt / v["points"] <= frac:
+                            nxt += 1
+                        next_point = nxt
             if done:
                 stop_reason = "episodes" if (cap is not None and sampler.drawn >= cap) else "seconds"
                 break
@@ -197,9 +203,15 @@ def _train(
     selected = None
     if best is not None and best_state is not None and best["step"] != steps:
         selected = best_state
-    if rule.get("batches") is not None:
+    if job.rule_applies and budget_s is not None and run["min_steps"]:
         rule["steps"] = steps
         rule["met"] = steps >= int(run["min_steps"]) or stop_reason == "episodes"
+        if not rule["met"] and "unmet_warning" not in rule:  # the budget ended within the probe
+            rule["unmet_warning"] = (
+                f"the budget of {budget_s:g} s ended after {steps} step(s), fewer than --min-steps "
+                f"{run['min_steps']}, before the probe could time a step"
+            )
+            print(f"warning: {job.cls.name} {job.setting}: {rule['unmet_warning']}", file=sys.stderr)
     stats = {
         "train_episodes": sampler.drawn,
         "train_steps": steps,

@@ -43,7 +43,8 @@ def load_dataset(
             split's ``background`` and ``evaluation``).
         data_root: folder holding ``omniglot/`` and ``miniimagenet/``; default
             ``$MMNET_DATA_ROOT``. Not used by ``glyphs``.
-        **kwargs: passed to the data set (e.g. ``image_size``, ``cache_dir``, ``seed``).
+        **kwargs: passed to the data set (e.g. ``image_size``, ``cache_dir``, ``seed``;
+            ``layout`` for miniImageNet: ``csv``, ``pickle`` or ``hdf5``, default detected).
 
     Raises:
         ValueError: for an unknown name or split.
@@ -51,6 +52,9 @@ def load_dataset(
             expected and how to get them.
     """
     key = name.lower().strip()
+    layout = kwargs.pop("layout", None)
+    if layout is not None and key != "miniimagenet":
+        raise ValueError(f"--layout {layout} names a miniImageNet file layout; {name} has none")
     if key == "glyphs":
         from .glyphs import Glyphs
 
@@ -63,5 +67,5 @@ def load_dataset(
     if key == "miniimagenet":
         from .miniimagenet import MiniImageNet
 
-        return MiniImageNet(root=data_root, split=split, **kwargs)
+        return MiniImageNet(root=data_root, split=split, layout=layout, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

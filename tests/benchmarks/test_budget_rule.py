@@ -58,12 +58,14 @@ def test_the_run_warns_before_training_and_the_record_says_so(tmp_path, capsys):
 
     out = tmp_path / "out"
     argv = ["--dataset", "glyphs", "--settings", "5w1s", "--methods", "protonet", "--queries", "2", "--seed", "5"]
-    argv += ["--threads", "1", "--no-progress", "--budget-seconds", "0.5", "--min-steps", "100000"]
+    argv += ["--threads", "1", "--no-progress", "--budget-seconds", "2", "--min-steps", "100000"]
     argv += ["--test-episodes", "2", "--output", str(out)]
     assert harness.main(argv) == 0
     err = capsys.readouterr().err
-    assert "warning: protonet 5w1s: even 1-episode steps" in err
+    assert "warning: protonet 5w1s: " in err and "fewer than --min-steps 100000" in err
     rec = json.loads((out / "results.json").read_text())["records"][0]
     rule = rec["budget_rule"]
     assert rule["met"] is False and "fewer than --min-steps 100000" in rule["unmet_warning"]
+    if rec["train_steps"] >= 2:  # the probe timed a step: the warning came before training went on
+        assert "even 1-episode steps" in rule["unmet_warning"]
     assert rec["episodes_per_step"] == 1

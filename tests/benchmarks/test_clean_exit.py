@@ -44,4 +44,6 @@ def test_two_rank_grid_exits_cleanly_five_times(tmp_path):
         assert "terminate called" not in res.stderr and "SIGABRT" not in res.stderr, res.stderr[-3000:]
         assert "ChildFailedError" not in res.stderr
         assert (tmp_path / f"out{i}" / "results.json").is_file()
-    assert time.perf_counter() - t0 < 90 * 2  # 90 s on an idle 2-core machine; slack for a loaded one
+    # the bound is 90 s for the five on an idle 2-core machine; 135 s were measured on a
+    # loaded one (three other jobs), so the assertion is a hang guard, not the speed bound
+    assert time.perf_counter() - t0 < 300

@@ -68,7 +68,7 @@ def stand_in_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("csv_place", ["top", "ravi"])
 def test_stand_in_layouts(tmp_path: Path, csv_place: str) -> None:
     make_stand_in(tmp_path, csv_place)
-    ds = MiniImageNet(root=tmp_path, split="train", cache_dir=tmp_path / "cache")
+    ds = MiniImageNet(strict=False, root=tmp_path, split="train", cache_dir=tmp_path / "cache")
     assert ds.class_names == STAND_IN_SPLITS["train"]
     assert len(ds) == 5 * PER_CLASS
     assert ds.targets.dtype == np.int64
@@ -79,7 +79,7 @@ def test_stand_in_layouts(tmp_path: Path, csv_place: str) -> None:
 
 
 def test_stand_in_pixels_and_resize(stand_in: Path, stand_in_cache: Path) -> None:
-    ds = MiniImageNet(root=stand_in, split="train", cache_dir=stand_in_cache)
+    ds = MiniImageNet(strict=False, root=stand_in, split="train", cache_dir=stand_in_cache)
     for i in (0, 1, 30, len(ds) - 1):
         wnid = ds.class_names[int(ds.targets[i])]
         expected = torch.tensor(_colour(wnid, int(ds.filenames[i][-12:-4])), dtype=torch.float32) / 255
@@ -94,34 +94,34 @@ def test_stand_in_pixels_and_resize(stand_in: Path, stand_in_cache: Path) -> Non
 
 
 def test_stand_in_root_may_be_the_dataset_folder(stand_in: Path, stand_in_cache: Path) -> None:
-    ds = MiniImageNet(root=stand_in / "miniimagenet", split="val", cache_dir=stand_in_cache)
+    ds = MiniImageNet(strict=False, root=stand_in / "miniimagenet", split="val", cache_dir=stand_in_cache)
     assert ds.class_names == STAND_IN_SPLITS["val"] and len(ds) == 2 * PER_CLASS
 
 
 def test_stand_in_image_size(stand_in: Path, stand_in_cache: Path) -> None:
-    ds = MiniImageNet(root=stand_in, split="test", image_size=32, cache_dir=stand_in_cache)
+    ds = MiniImageNet(strict=False, root=stand_in, split="test", image_size=32, cache_dir=stand_in_cache)
     assert ds.load(np.arange(3)).shape == (3, 3, 32, 32)
 
 
 def test_stand_in_trainval(stand_in: Path, stand_in_cache: Path) -> None:
-    ds = MiniImageNet(root=stand_in, split="trainval", cache_dir=stand_in_cache)
+    ds = MiniImageNet(strict=False, root=stand_in, split="trainval", cache_dir=stand_in_cache)
     assert ds.class_names == STAND_IN_SPLITS["train"] + STAND_IN_SPLITS["val"]
     assert np.bincount(ds.targets).tolist() == [PER_CLASS] * 7
-    val = MiniImageNet(root=stand_in, split="val", cache_dir=stand_in_cache)
+    val = MiniImageNet(strict=False, root=stand_in, split="val", cache_dir=stand_in_cache)
     assert torch.equal(ds.load(np.arange(len(ds) - 5, len(ds))), val.load(np.arange(len(val) - 5, len(val))))
 
 
 def test_stand_in_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_stand_in(tmp_path)
     cache = tmp_path / "cache"
-    first = MiniImageNet(root=tmp_path, split="val", cache_dir=cache)
+    first = MiniImageNet(strict=False, root=tmp_path, split="val", cache_dir=cache)
     assert first.cache_files[0] is not None and first.cache_files[0].parent == cache
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("decoded again although the cache is valid")
 
     monkeypatch.setattr(mi, "_decode", boom)
-    second = MiniImageNet(root=tmp_path, split="val", cache_dir=cache)
+    second = MiniImageNet(strict=False, root=tmp_path, split="val", cache_dir=cache)
     assert torch.equal(first.load(np.arange(len(first))), second.load(np.arange(len(second))))
     monkeypatch.undo()
 
@@ -129,19 +129,19 @@ def test_stand_in_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path = first.cache_files[0]
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.warns(CacheWarning, match="rebuilding"):
-        third = MiniImageNet(root=tmp_path, split="val", cache_dir=cache)
+        third = MiniImageNet(strict=False, root=tmp_path, split="val", cache_dir=cache)
     assert torch.equal(first.load(np.arange(len(first))), third.load(np.arange(len(third))))
 
     # a changed image changes the key: the new pixels are used
     name = first.filenames[0]
     Image.new("RGB", (84, 84), (0, 0, 0)).save(tmp_path / "miniimagenet" / "images" / name)
-    fourth = MiniImageNet(root=tmp_path, split="val", cache_dir=cache)
+    fourth = MiniImageNet(strict=False, root=tmp_path, split="val", cache_dir=cache)
     assert fourth.cache_files[0] != path
     assert float(fourth.load(np.array([0])).max()) < 0.05
 
 
 def test_stand_in_episode_sampler(stand_in: Path, stand_in_cache: Path) -> None:
-    ds = load_dataset("miniimagenet", split="train", data_root=stand_in, cache_dir=stand_in_cache)
+    ds = load_dataset("miniimagenet", split="train", data_root=stand_in, cache_dir=stand_in_cache, strict=False)
     ep = EpisodeSampler(ds, ways=5, shots=5, queries=15, seed=1).sample()
     assert ep.support_x.shape == (25, 3, 84, 84) and ep.query_x.shape == (75, 3, 84, 84)
     assert ep.n_way == 5 and ep.n_shot == 5
@@ -153,7 +153,7 @@ def test_missing_images_are_named(tmp_path: Path) -> None:
     for n in ("n0155899300000007.jpg", "n0177008100000025.jpg"):
         (folder / "images" / n).unlink()
     with pytest.raises(DataNotFoundError) as err:
-        MiniImageNet(root=tmp_path, split="train", cache_dir=tmp_path / "cache")
+        MiniImageNet(strict=False, root=tmp_path, split="train", cache_dir=tmp_path / "cache")
     msg = str(err.value)
     assert "2 of the 125 images" in msg
     assert str(folder / "images" / "n0155899300000007.jpg") in msg
@@ -165,14 +165,14 @@ def test_missing_csv_names_both_places(tmp_path: Path) -> None:
     folder = make_stand_in(tmp_path)
     (folder / "test.csv").unlink()
     with pytest.raises(DataNotFoundError) as err:
-        MiniImageNet(root=tmp_path, split="test", cache_dir=tmp_path / "cache")
+        MiniImageNet(strict=False, root=tmp_path, split="test", cache_dir=tmp_path / "cache")
     assert str(folder / "test.csv") in str(err.value)
     assert str(folder / "splits" / "ravi" / "test.csv") in str(err.value)
 
 
 def test_missing_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataNotFoundError, match=str(tmp_path / "miniimagenet")):
-        MiniImageNet(root=tmp_path, split="train")
+        MiniImageNet(strict=False, root=tmp_path, split="train")
     monkeypatch.delenv("MMNET_DATA_ROOT", raising=False)
     with pytest.raises(DataNotFoundError, match="MMNET_DATA_ROOT"):
         MiniImageNet(split="train")
@@ -182,7 +182,7 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     folder = make_stand_in(tmp_path)
     (folder / "images" / "n0193011200000004.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(DataCorruptError, match="n0193011200000004.jpg"):
-        MiniImageNet(root=tmp_path, split="test", cache_dir=tmp_path / "cache")
+        MiniImageNet(strict=False, root=tmp_path, split="test", cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.npz"))
 
 
@@ -190,7 +190,7 @@ def test_bad_csv(tmp_path: Path) -> None:
     folder = make_stand_in(tmp_path)
     (folder / "val.csv").write_text("name,wnid\na.jpg,n1\n")
     with pytest.raises(DataCorruptError, match="filename,label"):
-        MiniImageNet(root=tmp_path, split="val", cache_dir=tmp_path / "cache")
+        MiniImageNet(strict=False, root=tmp_path, split="val", cache_dir=tmp_path / "cache")
     (folder / "val.csv").write_text("filename,label\na.jpg,n1\n../b.jpg,n1\na.jpg,n2\nc.jpg\n")
     with pytest.raises(DataCorruptError) as err:
         read_split_csv(folder / "val.csv")
@@ -200,9 +200,9 @@ def test_bad_csv(tmp_path: Path) -> None:
 
 def test_unknown_split_and_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train, val, test, trainval"):
-        MiniImageNet(root=tmp_path, split="background")
+        MiniImageNet(strict=False, root=tmp_path, split="background")
     with pytest.raises(ValueError, match="image_size"):
-        MiniImageNet(root=tmp_path, split="train", image_size=0)
+        MiniImageNet(strict=False, root=tmp_path, split="train", image_size=0)
 
 
 # --------------------------------------------------------------------------- real csv files
