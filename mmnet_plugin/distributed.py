@@ -469,6 +469,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         b = -k * mean_g - a * mean
         grad_input = torch.addcmul(b.view(shape), input, a.view(shape))
         grad_input.addcmul_(grad, k.view(shape))
+        grad_input = grad_input.to(input.dtype)
         grad_weight = sum_gx if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = sum_g if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
@@ -539,7 +540,9 @@ class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 unbiased = var * (n / max(n - 1.0, 1.0))
                 self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
-        dtype = input.dtype
+        # the statistics in the parameters' dtype: under bf16 autocast the input is bf16 and the
+        # parameters float32, a mix torch's CPU batch-norm kernels take only with float32 statistics
+        dtype = self.weight.dtype if self.weight is not None else input.dtype
         return _SyncBatchNormFunction.apply(
             input, self.weight, self.bias, mean.to(dtype), var.to(dtype), self.eps, n, group
         )

@@ -186,8 +186,13 @@ def export_pretrained(
     return entry
 
 
-def summarise_log(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+def summarise_log(path: Union[str, "os.PathLike[str]"], until_step: Optional[int] = None) -> Dict[str, Any]:
     """What a training log (``mmnet train --log``, over any number of resumed segments) says of the run.
+
+    Args:
+        path: the JSON-lines log.
+        until_step: count the run only up to this step (the step of the exported weights);
+            records after it are left out. ``None``: the whole log.
 
     Returns:
         ``{"steps", "episodes", "segments", "wall_hours", "precision", "validations": [...]}``:
@@ -205,9 +210,11 @@ def summarise_log(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             raise ValueError(f"--log {path}: line {number} is not JSON") from None
+        if until_step is None or int(record.get("step", 0)) <= until_step:
+            records.append(record)
     starts = [r for r in records if r.get("start")]
     if not starts:
         raise ValueError(f"--log {path} holds no training start record; give the log of mmnet train")

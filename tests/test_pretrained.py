@@ -161,3 +161,13 @@ def test_summarise_log_counts_a_resumed_run_once(tmp_path):
     assert (info["steps"], info["episodes"], info["segments"]) == (40, 160, 2)
     assert info["wall_hours"] == pytest.approx(240 / 3600, abs=1e-3)
     assert info["precision"] == ["bf16 autocast"] and info["validations"][0]["accuracy"] == 0.5
+
+
+def test_summarise_log_stops_at_the_exported_step(tmp_path):
+    lines = [{"step": 0, "start": True, "batch_episodes": 2}] + [
+        {"step": s, "loss": 1.0, "seconds": float(s)} for s in (10, 20, 30)
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    info = pretrained.summarise_log(log, until_step=20)
+    assert (info["steps"], info["episodes"]) == (20, 40)

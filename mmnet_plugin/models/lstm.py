@@ -10,7 +10,8 @@ direction. The numbers are those of ``nn.LSTM`` on a packed sequence (the same g
 PyTorch's order ``i, f, g, o``, and the same weights: the module's own parameters), so
 checkpoints and results do not depend on which is used.
 
-Under autocast the matrix products run in the autocast dtype and the cell arithmetic in float32.
+Under autocast the matrix products run in the autocast dtype and the cell arithmetic in float32
+(float64 inputs stay float64).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class _Recurrence(torch.autograd.Function):
         b, t_max, four_h = xw.shape
         hidden = four_h // 4
         w = w_hh.to(xw.dtype)
-        h = xw.new_zeros(b, hidden, dtype=torch.float32)
+        cell = torch.promote_types(xw.dtype, torch.float32)  # float32 under bf16 autocast, float64 stays
+        h = xw.new_zeros(b, hidden, dtype=cell)
         c = torch.zeros_like(h)
         h_prev, c_prev, gates, tanh_c = [], [], [], []
         for t in range(t_max):
-            z = xw[:, t].float() + (h.to(w.dtype) @ w.t()).float()
+            z = xw[:, t].to(cell) + (h.to(w.dtype) @ w.t()).to(cell)
             i, f = torch.sigmoid(z[:, :hidden]), torch.sigmoid(z[:, hidden : 2 * hidden])
             g, o = torch.tanh(z[:, 2 * hidden : 3 * hidden]), torch.sigmoid(z[:, 3 * hidden :])
             c_new = f * c + i * g
@@ -57,7 +59,7 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx: Any, grad_h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, None]:  # noqa: D102
         w, active, h_prev, c_prev, gates, tanh_c = ctx.saved_tensors
         b, t_max, hidden = h_prev.shape
-        dh = grad_h.float()
+        dh = grad_h.to(h_prev.dtype)
         dc = torch.zeros_like(dh)
         dz_all = []
         for t in reversed(range(t_max)):
@@ -73,7 +75,7 @@ class _Recurrence(torch.autograd.Function):
             dz = torch.where(m, dz, torch.zeros_like(dz))
             dz_all.append(dz)
             # an inactive step passed h and c through unchanged: so does its gradient
-            dh = torch.where(m, (dz.to(w.dtype) @ w).float(), dh)
+            dh = torch.where(m, (dz.to(w.dtype) @ w).to(dh.dtype), dh)
             dc = torch.where(m, dct * f, dc)
         dz = torch.stack(dz_all[::-1], 1)  # [B, T, 4H]
         grad_w = dz.reshape(-1, 4 * hidden).t() @ h_prev.reshape(-1, hidden)  # one product for all steps
