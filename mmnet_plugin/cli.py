@@ -518,8 +518,7 @@ def _export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .checkpoints import load_checkpoint
-    from .pretrained import export_pretrained, summarise_log
+    from .pretrained import export_pretrained
 
     info = None
     if args.info:
@@ -529,11 +528,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--info {args.info} is not a readable JSON file ({exc})") from None
         if not isinstance(info, dict):
             raise ValueError(f"--info {args.info} must hold a JSON object of manifest entries")
-    if args.log:
-        info = dict(info or {})
-        step = int(load_checkpoint(args.checkpoint).get("step", 0))
-        info["training"] = {**summarise_log(args.log, until_step=step), **dict(info.get("training") or {})}
-    entry = export_pretrained(args.checkpoint, args.name, args.out, info)
+    entry = export_pretrained(args.checkpoint, args.name, args.out, info, log=args.log)
     print(f"wrote {Path(args.out) / entry['file']} ({entry['bytes']} bytes, sha256 {entry['sha256']}) and its manifest")
     return 0
 

@@ -138,6 +138,7 @@ def export_pretrained(
     name: str,
     directory: Union[str, "os.PathLike[str]", None] = None,
     info: Optional[Dict[str, Any]] = None,
+    log: Union[str, "os.PathLike[str]", None] = None,
 ) -> Dict[str, Any]:
     """Write compact weights and their manifest from a training checkpoint.
 
@@ -147,6 +148,8 @@ def export_pretrained(
         name: the weights' name (``"omniglot"``): writes ``<name>-mmnet.pt`` and ``<name>.json``.
         directory: where to write them (default: the package's :func:`weights_dir`).
         info: more manifest entries (``preprocessing``, ``training``, ``selection``, ``test``...).
+        log: the run's JSON-lines log: :func:`summarise_log` up to the checkpoint's step goes into
+            the manifest's ``training`` (entries of ``info["training"]`` win).
 
     Returns:
         The manifest written.
@@ -181,6 +184,9 @@ def export_pretrained(
         "checkpoint_step": int(state.get("step", 0)),
         **(info or {}),
     }
+    if log is not None:
+        run = summarise_log(log, until_step=entry["checkpoint_step"])
+        entry["training"] = {**run, **dict(entry.get("training") or {})}
     text = json.dumps(entry, indent=2) + "\n"
     atomic_write(folder / f"{name}.json", text)
     return entry

@@ -20,10 +20,10 @@ to leave the allocator alone.
 
 It also bounds oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, unless already
 set) at 64 kernels. oneDNN keeps a compiled kernel per convolution shape, 1,024 by default, and
-mixed C-way k-shot batches change the image count, so the shape, at every step: with the
-default cache a process training on mixed batches grew by gigabytes over hundreds of steps
-(measured: 8-episode mixed bf16 steps, 1.2 to 3.6 GB in 70 steps; 1.2 to 2.2 GB with 64 kernels,
-at the same speed). The setting takes effect when it is made before the first convolution.
+mixed C-way k-shot batches change the image count, so the shape, at every step, and with the
+default cache a process training on mixed batches grows by gigabytes. A smaller cache can cost
+kernel recompilations; set ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` yourself to choose. The setting
+takes effect when it is made before the first convolution.
 """
 
 from __future__ import annotations

@@ -120,6 +120,14 @@ def test_mmnet_export_writes_weights_and_manifest(tmp_path, capsys):
     written = json.loads((tmp_path / "w" / "mine.json").read_text())
     assert written["training"] == {"steps": 3} and written["file"] == "mine-mmnet.pt"
     assert "sha256" in capsys.readouterr().out
+    # --log: the run up to the checkpoint's step (3 of the 5 logged), --info's entries on top
+    log = tmp_path / "log.jsonl"
+    records = [{"step": 0, "start": True, "batch_episodes": 2}] + [{"step": s, "loss": 1.0} for s in range(1, 6)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["export", "--checkpoint", str(ckpt), "--name", "mine", "--out", str(tmp_path / "w"), "--log", str(log)]
+    assert main(args) == 0
+    training = json.loads((tmp_path / "w" / "mine.json").read_text())["training"]
+    assert (training["steps"], training["episodes"], training["segments"]) == (3, 6, 1)
 
 
 def test_omniglot_transform_matches_the_loader_convention():
