@@ -278,27 +278,7 @@ def test_validation_inside_the_training_split_is_warned(capsys, split, val_split
 def test_sync_bn_in_one_process_trains_as_without_it(tmp_path, capsys, monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    args = [
-        "train",
-        "--dataset",
-        "glyphs",
-        "--device",
-        "cpu",
-        "--queries",
-        "2",
-        "--no-progress",
-        "--ways",
-        "3",
-        "--steps",
-        "2",
-        "--batch-episodes",
-        "2",
-        "--dm",
-        "16",
-        "--dr",
-        "16",
-        "--log",
-    ]
+    args = ["train", *GLYPHS, "--log"]
     assert main([*args, str(tmp_path / "a.jsonl"), "--sync-bn"]) == 0
     with_sync = capsys.readouterr().out
     assert main([*args, str(tmp_path / "b.jsonl")]) == 0
